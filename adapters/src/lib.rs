@@ -1,0 +1,8 @@
+//! Tokio adapters of ProcessControl: they carry out the core's effects and turn what happens
+//! to real processes into events for the core. They never decide.
+
+pub mod logs;
+pub mod notify;
+pub mod probe;
+pub mod process;
+pub mod sample;

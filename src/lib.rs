@@ -1,0 +1,2 @@
+//! ProcessControl facade.
+pub use processcontrol_core as core;

@@ -74,6 +74,8 @@ mod machine;
 mod output;
 mod policy;
 mod signal;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod time;
 pub mod units;
 

@@ -1,0 +1,93 @@
+//! The hot path allocates nothing: a counting allocator watches a long run of inputs on a
+//! running machine (probes, samples, ticks, and crash/restart cycles).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use processcontrol_core::{
+    ExitStatus, Input, LimitAction, LimitRule, Machine, Policy, ProbeResult, ProbeRole, Resource,
+    Thresholds, Timestamp, Usage,
+};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; it only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn handling_inputs_allocates_nothing() {
+    let mut p = Policy::default();
+    p.health.liveness = Some(Thresholds::default());
+    p.health.readiness = Some(Thresholds::default());
+    p.limits.rules = vec![LimitRule {
+        resource: Resource::Memory,
+        max: 100,
+        sustain: Duration::ZERO,
+        action: LimitAction::Restart,
+    }];
+    p.breaker.max_restarts = 1000;
+    p.breaker.window = Duration::from_millis(1);
+    p.backoff.initial = Duration::from_millis(1);
+    p.backoff.max = Duration::from_millis(3);
+    let mut m = Machine::new(p).unwrap();
+    let mut now = Timestamp::ZERO;
+    m.handle(now, Input::Start);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut restarts = 0;
+    for i in 0..100_000u32 {
+        now = now.saturating_add(Duration::from_millis(1));
+        let input = match (m.instance(), m.pid(), m.up_since()) {
+            (None, _, _) => Input::Tick,
+            (Some(instance), None, _) => Input::Spawned { instance, pid: i },
+            (Some(instance), Some(_), None) => Input::Gone { instance },
+            (Some(instance), Some(_), Some(_)) => match i % 5 {
+                0 => Input::Probe {
+                    instance,
+                    role: ProbeRole::Liveness,
+                    result: ProbeResult::Pass,
+                },
+                1 => Input::Probe {
+                    instance,
+                    role: ProbeRole::Readiness,
+                    result: ProbeResult::Fail,
+                },
+                2 => Input::Sampled {
+                    instance,
+                    usage: Usage {
+                        memory: u64::from(i % 200),
+                        ..Usage::default()
+                    },
+                },
+                3 => Input::Tick,
+                _ => Input::Exited {
+                    instance,
+                    status: ExitStatus::Code(1),
+                },
+            },
+        };
+        let out = m.handle(now, input);
+        restarts += out.effects.len();
+    }
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    assert!(
+        m.restarts() > 1000,
+        "the run exercised restarts ({})",
+        m.restarts()
+    );
+    assert!(restarts > 0);
+    assert_eq!(after - before, 0, "allocations on the hot path");
+}

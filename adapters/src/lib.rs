@@ -3,6 +3,8 @@
 
 pub mod logs;
 pub mod notify;
+pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod runtime;
 pub mod sample;

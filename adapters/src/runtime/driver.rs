@@ -1,0 +1,197 @@
+//! The task that owns one process's machine. Everything that happens to the process (an exit,
+//! a probe result, a sample, a command, the deadline) arrives in its mailbox; the task feeds it
+//! to the machine and carries out the effects in order. It decides nothing itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use processcontrol_core::{Effect, Input, Machine, Timestamp, Usage};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::event::Event;
+use super::status::{breaker_name, Status};
+use crate::ports::{Ports, Report, Reporter};
+
+/// What the handle sends besides facts.
+#[derive(Debug)]
+pub(crate) enum Mail {
+    /// A fact or a command for the machine.
+    Report(Report),
+    /// Stop for good, then end the task.
+    Shutdown,
+}
+
+pub(crate) struct Driver {
+    pub(crate) name: Arc<str>,
+    pub(crate) machine: Machine,
+    pub(crate) ports: Ports,
+    pub(crate) reporter: Reporter,
+    pub(crate) facts: mpsc::UnboundedReceiver<Report>,
+    pub(crate) mail: mpsc::UnboundedReceiver<Mail>,
+    pub(crate) status: watch::Sender<Status>,
+    pub(crate) events: broadcast::Sender<Event>,
+    /// Facts produced while executing effects (spawn results), fed before new mail.
+    pub(crate) queue: VecDeque<Input>,
+    /// The message of the last spawn failure, for its event and for status.
+    pub(crate) last_error: Option<String>,
+    /// The last sample of the current instance, for status.
+    pub(crate) usage: Option<Usage>,
+    /// A shutdown was asked: the task ends once the process is at rest.
+    pub(crate) closing: bool,
+}
+
+impl Driver {
+    /// Runs until shut down (or until every sender is gone and the process is at rest).
+    pub(crate) async fn run(mut self) {
+        // One sleep, re-armed after every step to the machine's single deadline.
+        let sleep = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(sleep);
+        let mut mail_open = true;
+        loop {
+            if self.closing && self.at_rest() {
+                break;
+            }
+            let input = if let Some(input) = self.queue.pop_front() {
+                input
+            } else {
+                let deadline = self.machine.poll_timeout();
+                if let Some(d) = deadline {
+                    sleep.as_mut().reset(self.ports.clock.instant(d.at));
+                }
+                tokio::select! {
+                    biased;
+                    fact = self.facts.recv() => match fact {
+                        Some(report) => self.admit(report),
+                        // The driver holds a reporter itself, so this cannot close.
+                        None => break,
+                    },
+                    mail = self.mail.recv(), if mail_open => match mail {
+                        Some(Mail::Report(report)) => self.admit(report),
+                        Some(Mail::Shutdown) => {
+                            self.closing = true;
+                            Input::Stop { grace: None }
+                        }
+                        None => {
+                            // Every handle is gone: stop the process for good.
+                            mail_open = false;
+                            self.closing = true;
+                            Input::Stop { grace: None }
+                        }
+                    },
+                    () = &mut sleep, if deadline.is_some() => Input::Tick,
+                }
+            };
+            self.step(input).await;
+        }
+    }
+
+    /// No instance, and none coming without a command.
+    fn at_rest(&self) -> bool {
+        use processcontrol_core::StateName::{Exited, Failed, Killed, Stopped};
+        self.machine.instance().is_none()
+            && matches!(self.machine.state(), Stopped | Killed | Exited | Failed)
+    }
+
+    /// Turns a report into the machine's input, keeping what people need to read.
+    fn admit(&mut self, report: Report) -> Input {
+        match report {
+            Report::Fact(input) => input,
+            Report::SpawnFailed {
+                instance,
+                error,
+                message,
+            } => {
+                if self.machine.instance() == Some(instance) {
+                    self.last_error = Some(message);
+                }
+                Input::SpawnFailed { instance, error }
+            }
+            Report::Sample { instance, usage } => {
+                if self.machine.instance() == Some(instance) {
+                    self.usage = Some(usage);
+                }
+                Input::Sampled { instance, usage }
+            }
+        }
+    }
+
+    /// Feeds one input at the clock's real now and carries out what the machine says.
+    pub(crate) async fn step(&mut self, input: Input) {
+        let now = self.ports.clock.now();
+        let outcome = self.machine.handle(now, input);
+        for effect in &outcome.effects {
+            self.execute(*effect).await;
+        }
+        let pid = self.machine.pid();
+        for n in &outcome.notifications {
+            let event = Event::from_notification(&self.name, n, self.last_error.as_deref(), pid);
+            tracing::debug!(process = %self.name, event = %event.to_json_line(), "event");
+            // No subscriber is fine.
+            let _ = self.events.send(event);
+        }
+        self.publish_status(now);
+    }
+
+    async fn execute(&mut self, effect: Effect) {
+        let p = &self.ports;
+        match effect {
+            Effect::Spawn { instance, .. } => {
+                if self.machine.instance() != Some(instance) {
+                    return;
+                }
+                self.usage = None;
+                match p.processes.spawn(instance, self.reporter.clone()).await {
+                    Ok(pid) => {
+                        self.last_error = None;
+                        self.queue.push_back(Input::Spawned { instance, pid });
+                    }
+                    Err(failure) => {
+                        self.last_error = Some(failure.message);
+                        self.queue.push_back(Input::SpawnFailed {
+                            instance,
+                            error: failure.error,
+                        });
+                    }
+                }
+            }
+            Effect::Signal { instance, signal } => p.processes.signal(instance, signal).await,
+            Effect::KillGroup { instance } => p.processes.kill_group(instance).await,
+            Effect::Watch {
+                instance,
+                probes,
+                sampling,
+            } => {
+                let pid = self.machine.pid();
+                p.watchers
+                    .watch(instance, pid, probes, sampling, self.reporter.clone())
+                    .await
+            }
+            other => {
+                tracing::warn!(process = %self.name, ?other, "effect this runtime does not know")
+            }
+        }
+    }
+
+    fn publish_status(&self, now: Timestamp) {
+        let m = &self.machine;
+        let started_at = m
+            .up_since()
+            .map(|since| SystemTime::now() - now.saturating_since(since));
+        let usage = self.usage.filter(|_| m.instance().is_some());
+        self.status.send_replace(Status {
+            name: self.name.clone(),
+            state: m.state(),
+            instance: m.instance().map(|i| i.0),
+            pid: m.pid(),
+            started_at,
+            restarts: m.restarts(),
+            breaker: breaker_name(m.breaker()),
+            ready: m.ready(),
+            exit: m.exit_status(),
+            last_error: self.last_error.clone(),
+            rss: usage.map(|u| u.memory),
+            cpu: usage.map(|u| u.cpu),
+        });
+    }
+}

@@ -1,0 +1,14 @@
+//! The runtime: one task per supervised process owns its machine, feeds it every input and
+//! carries out its effects through the ports.
+
+mod driver;
+mod event;
+mod handle;
+mod status;
+
+pub use event::{now_rfc3339, Event, What};
+pub use handle::{CommandError, Supervisor};
+pub use status::Status;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,80 @@
+//! A snapshot of one supervised process, as status output shows it.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use processcontrol_core::{BreakerStatus, ExitStatus, StateName};
+use serde::Serialize;
+
+/// A process's state at one moment; published after every step of its machine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Status {
+    /// The process's name.
+    pub name: Arc<str>,
+    /// Its state (snake_case in JSON, as in the core).
+    pub state: StateName,
+    /// The current instance.
+    pub instance: Option<u64>,
+    /// Its main process id.
+    pub pid: Option<u32>,
+    /// When the current instance started (wall clock), while it is up.
+    #[serde(skip)]
+    pub started_at: Option<SystemTime>,
+    /// Restarts so far, every cause.
+    pub restarts: u64,
+    /// `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// Whether the readiness probe passed (false without one).
+    pub ready: bool,
+    /// How the process finished, once it finished for good.
+    pub exit: Option<ExitStatus>,
+    /// The last spawn error, for people.
+    pub last_error: Option<String>,
+    /// Resident memory of the whole tree at the last sample, in bytes.
+    pub rss: Option<u64>,
+    /// CPU of the whole tree at the last sample, in percent of one core.
+    pub cpu: Option<u64>,
+}
+
+impl Status {
+    pub(crate) fn new(name: Arc<str>) -> Self {
+        Status {
+            name,
+            state: StateName::Stopped,
+            instance: None,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            breaker: "closed",
+            ready: false,
+            exit: None,
+            last_error: None,
+            rss: None,
+            cpu: None,
+        }
+    }
+
+    /// How long the current instance has been up.
+    pub fn uptime(&self) -> Option<Duration> {
+        self.started_at
+            .map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
+    }
+
+    /// Whether no instance exists and none is coming without a command: stopped, exited,
+    /// failed, killed (and gone), or a breaker that stays open.
+    pub fn at_rest(&self) -> bool {
+        self.instance.is_none()
+            && matches!(
+                self.state,
+                StateName::Stopped | StateName::Exited | StateName::Failed | StateName::Killed
+            )
+    }
+}
+
+pub(crate) fn breaker_name(b: BreakerStatus) -> &'static str {
+    match b {
+        BreakerStatus::Closed => "closed",
+        BreakerStatus::Open { .. } => "open",
+        BreakerStatus::HalfOpen => "half_open",
+    }
+}

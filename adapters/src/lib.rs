@@ -8,3 +8,4 @@ pub mod probe;
 pub mod process;
 pub mod runtime;
 pub mod sample;
+pub mod supervise;

@@ -511,7 +511,8 @@ impl Machine {
 
     fn spawn_failed(&mut self, error: SpawnError, s: &mut Step) {
         match self.phase {
-            Phase::Spawning { .. } => {
+            Phase::Spawning { instance, .. } => {
+                s.notify(Notification::SpawnFailed { instance, error });
                 let trigger = Trigger::SpawnFailed(error);
                 if self.policy.restart == RestartPolicy::Never {
                     self.rest(Rest::Failed(Failure::Spawn(error)));

@@ -209,6 +209,13 @@ pub enum Notification {
         /// The trial instance.
         instance: Instance,
     },
+    /// A spawn failed (reported for every failure, also those that change no visible state).
+    SpawnFailed {
+        /// The instance that did not start.
+        instance: Instance,
+        /// Why.
+        error: SpawnError,
+    },
     /// A restart was scheduled after a delay.
     BackoffScheduled {
         /// The delay.

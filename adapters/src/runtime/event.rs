@@ -63,6 +63,11 @@ pub enum What {
         /// The action taken (`restart`, `graceful-shutdown`, `kill`, `warn`).
         action: &'static str,
     },
+    /// A spawn failed.
+    SpawnFailed {
+        /// What the operating system said.
+        error: String,
+    },
     /// A half-open breaker closed.
     BreakerClosed,
     /// A restart was scheduled after a delay.
@@ -138,6 +143,16 @@ impl Event {
             Notification::BreakerClosed { instance } => {
                 (Some(instance), current_pid, What::BreakerClosed)
             }
+            Notification::SpawnFailed {
+                instance,
+                error: code,
+            } => (
+                Some(instance),
+                None,
+                What::SpawnFailed {
+                    error: error.map_or_else(|| code.to_string(), str::to_string),
+                },
+            ),
             Notification::BackoffScheduled { delay } => (
                 None,
                 None,

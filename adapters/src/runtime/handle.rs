@@ -126,6 +126,13 @@ impl Supervisor {
         self.send(Input::ResetBreaker)
     }
 
+    /// Feeds a fact as a port would: for health signals of your own (say, a custom check
+    /// reporting [`Input::Probe`] for the current instance) and for tests. A fact about any
+    /// instance but the current one is ignored like every stale fact.
+    pub fn report(&self, input: Input) -> Result<(), CommandError> {
+        self.send(input)
+    }
+
     /// Waits until the status satisfies `f`, and returns that status.
     pub async fn wait_for(
         &self,

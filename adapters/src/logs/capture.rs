@@ -1,0 +1,214 @@
+//! Draining one pipe of a child into the ring, the printer and the file.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::line::{LineSplitter, RawLine};
+use super::ring::LogRing;
+use super::rotate::FileSink;
+use super::{LogError, LogLine, Stream};
+
+/// First size of the read buffer: small, because most supervised processes are quiet and
+/// hundreds of them may be waiting on their pipes at once.
+const MIN_READ_BUFFER: usize = 1024;
+/// Largest read buffer, reached only while a child floods us.
+const MAX_READ_BUFFER: usize = 64 << 10;
+
+/// A line for the foreground printer, tagged with the name the printer shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrintLine {
+    /// The process name to prefix the line with.
+    pub source: Arc<str>,
+    /// The line itself.
+    pub line: LogLine,
+}
+
+/// Forwards lines to a foreground printer over a bounded channel.
+///
+/// A terminal can stall (a paused pager, Ctrl-S), and that must not stall the child: when
+/// the channel is full, lines are dropped and counted, and the next line that gets through
+/// is preceded by a `[processcontrol: N lines dropped]` line. Clones share the counter, so
+/// one printer can serve both streams of a process.
+#[derive(Debug, Clone)]
+pub struct Printer {
+    source: Arc<str>,
+    tx: mpsc::Sender<PrintLine>,
+    pending_drops: Arc<AtomicU64>,
+    total_drops: Arc<AtomicU64>,
+}
+
+impl Printer {
+    /// A printer tagging lines with `source` (the process name) and sending them to `tx`.
+    pub fn new(source: impl Into<Arc<str>>, tx: mpsc::Sender<PrintLine>) -> Self {
+        Self {
+            source: source.into(),
+            tx,
+            pending_drops: Arc::default(),
+            total_drops: Arc::default(),
+        }
+    }
+
+    /// Offers a line without waiting; `false` if it was dropped.
+    pub fn send(&self, line: &LogLine) -> bool {
+        let missed = self.pending_drops.swap(0, Ordering::AcqRel);
+        if missed > 0 {
+            let marker = PrintLine {
+                source: self.source.clone(),
+                line: LogLine {
+                    time: line.time,
+                    stream: line.stream,
+                    instance: line.instance,
+                    text: format!("[processcontrol: {missed} lines dropped]"),
+                },
+            };
+            if self.tx.try_send(marker).is_err() {
+                self.pending_drops.fetch_add(missed + 1, Ordering::AcqRel);
+                self.total_drops.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        let item = PrintLine {
+            source: self.source.clone(),
+            line: line.clone(),
+        };
+        if self.tx.try_send(item).is_err() {
+            self.pending_drops.fetch_add(1, Ordering::AcqRel);
+            self.total_drops.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Lines this printer (and its clones) dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.total_drops.load(Ordering::Relaxed)
+    }
+}
+
+/// What a capture task did, returned when its pipe reaches EOF or fails.
+#[derive(Debug, Default)]
+pub struct CaptureReport {
+    /// Lines read (including a last line without newline).
+    pub lines: u64,
+    /// Bytes read from the pipe.
+    pub bytes: u64,
+    /// Lines cut to the line cap.
+    pub truncated: u64,
+    /// Lines the printer could not take.
+    pub printer_dropped: u64,
+    /// Lines the file writer's queue could not take.
+    pub file_dropped: u64,
+    /// Why reading stopped before EOF, if it did; the lines read before are kept.
+    pub error: Option<LogError>,
+}
+
+/// The capture of one pipe (stdout or stderr) of one run of a process.
+///
+/// It reads as fast as the child writes: the ring is a short in-memory push, the printer
+/// and the file get `try_send`s that drop rather than wait. So the child can never block
+/// on a full pipe because of us, and our memory stays bounded by the ring, the queues and
+/// one read buffer.
+#[derive(Debug)]
+pub struct Capture {
+    ring: Arc<LogRing>,
+    stream: Stream,
+    instance: u64,
+    printer: Option<Printer>,
+    file: Option<FileSink>,
+}
+
+impl Capture {
+    /// Captures into `ring`, tagging lines with `stream` and the run number `instance`.
+    pub fn new(ring: Arc<LogRing>, stream: Stream, instance: u64) -> Self {
+        Self {
+            ring,
+            stream,
+            instance,
+            printer: None,
+            file: None,
+        }
+    }
+
+    /// Also forwards every line to a foreground printer.
+    pub fn with_printer(mut self, printer: Printer) -> Self {
+        self.printer = Some(printer);
+        self
+    }
+
+    /// Also appends every line to a log file.
+    pub fn with_file(mut self, file: FileSink) -> Self {
+        self.file = Some(file);
+        self
+    }
+
+    /// Runs the capture on the current Tokio runtime; fails only outside a runtime.
+    pub fn spawn<R>(self, reader: R) -> Result<JoinHandle<CaptureReport>, LogError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+    {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| LogError::NoRuntime(e.to_string()))?;
+        Ok(handle.spawn(self.run(reader)))
+    }
+
+    /// Reads `reader` to EOF (or to its first error), then reports.
+    pub async fn run<R: AsyncRead + Unpin>(self, mut reader: R) -> CaptureReport {
+        let mut report = CaptureReport::default();
+        let mut splitter = LineSplitter::new(self.ring.config().max_line_bytes);
+        let mut buf = vec![0u8; MIN_READ_BUFFER];
+        loop {
+            let n = match reader.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    report.error = Some(LogError::Read {
+                        stream: self.stream,
+                        source,
+                    });
+                    break;
+                }
+            };
+            report.bytes += n as u64;
+            let now = SystemTime::now();
+            splitter.feed(&buf[..n], now, &mut |raw| self.emit(raw, &mut report));
+            // Grow while the child floods, shrink back when it calms down, so a quiet
+            // process holds a small buffer.
+            if n == buf.len() && buf.len() < MAX_READ_BUFFER {
+                buf.resize(buf.len() * 2, 0);
+            } else if n < buf.len() / 8 && buf.len() > MIN_READ_BUFFER {
+                buf.truncate(buf.len() / 2);
+                buf.shrink_to_fit();
+            }
+        }
+        splitter.finish(&mut |raw| self.emit(raw, &mut report));
+        report
+    }
+
+    fn emit(&self, raw: RawLine, report: &mut CaptureReport) {
+        let line = LogLine {
+            time: raw.time,
+            stream: self.stream,
+            instance: self.instance,
+            text: raw.text,
+        };
+        report.lines += 1;
+        report.truncated += u64::from(raw.truncated);
+        if let Some(file) = &self.file {
+            if !file.send(&line) {
+                report.file_dropped += 1;
+            }
+        }
+        if let Some(printer) = &self.printer {
+            if !printer.send(&line) {
+                report.printer_dropped += 1;
+            }
+        }
+        self.ring.push(line);
+    }
+}

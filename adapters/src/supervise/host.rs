@@ -1,0 +1,213 @@
+//! The shared machinery of one supervisor process: the launcher and its single reaper, the
+//! single resource sampler, and the foreground printer. Each supervised process gets its own
+//! machine task and ports on top of it.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::os_processes::OsProcesses;
+use super::spec::{ProcessSpec, SpecErrors};
+use super::watchers::{OsWatchers, Sampling};
+use crate::logs::{
+    spawn_file_writer, FileConfig, LogError, LogRing, PrintLine, Printer, RingConfig, Stream,
+};
+use crate::ports::{Ports, TokioClock};
+use crate::process::{Launcher, LauncherError};
+use crate::runtime::Supervisor;
+use crate::sample::SampleError;
+
+/// Why a process could not be supervised.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SuperviseError {
+    /// The specification is invalid (every problem is listed).
+    #[error(transparent)]
+    Spec(#[from] SpecErrors),
+    /// The launcher could not start (outside a tokio runtime, or a second launcher).
+    #[error("cannot start the process launcher: {0}")]
+    Launcher(#[from] LauncherError),
+    /// The log ring or file could not be set up.
+    #[error("process {name}: logs: {error}")]
+    Logs {
+        /// The process.
+        name: String,
+        /// Why.
+        error: LogError,
+    },
+    /// The resource sampler could not start (no /proc).
+    #[error("cannot start the resource sampler: {0}")]
+    Sampler(#[from] SampleError),
+}
+
+/// Options of a host.
+#[derive(Clone, Debug)]
+pub struct HostConfig {
+    /// How often every process tree's resources are sampled.
+    pub sample_interval: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            sample_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The shared machinery every supervised process of this OS process uses. There is one
+/// launcher per OS process (its reaper waits for any child), so create one host, or use
+/// [`Host::global`].
+pub struct Host {
+    launcher: Launcher,
+    sampling: Arc<Sampling>,
+    printer: mpsc::Sender<PrintLine>,
+    next_tag: AtomicU64,
+    rings: Mutex<Vec<(Arc<str>, Arc<LogRing>)>>,
+}
+
+static GLOBAL: OnceLock<Arc<Host>> = OnceLock::new();
+
+impl Host {
+    /// Starts the launcher, the sampler and the printer on the current tokio runtime, which
+    /// must outlive every supervised process.
+    pub fn new(config: HostConfig) -> Result<Arc<Host>, SuperviseError> {
+        let launcher = Launcher::new()?;
+        let sampling = Arc::new(Sampling::start(config.sample_interval)?);
+        let (printer, mut lines) = mpsc::channel::<PrintLine>(4096);
+        tokio::spawn(async move {
+            while let Some(PrintLine { source, line }) = lines.recv().await {
+                // A closed stdout is not worth killing anything for.
+                let _ = match line.stream {
+                    Stream::Stdout => {
+                        writeln!(std::io::stdout().lock(), "{source} | {}", line.text)
+                    }
+                    Stream::Stderr => {
+                        writeln!(std::io::stderr().lock(), "{source} | {}", line.text)
+                    }
+                };
+            }
+        });
+        Ok(Arc::new(Host {
+            launcher,
+            sampling,
+            printer,
+            next_tag: AtomicU64::new(1),
+            rings: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The host of this OS process, created on first use on the current tokio runtime (with
+    /// the default options). Applications with one runtime can use it and forget about hosts.
+    pub fn global() -> Result<Arc<Host>, SuperviseError> {
+        if let Some(host) = GLOBAL.get() {
+            return Ok(host.clone());
+        }
+        let host = Host::new(HostConfig::default())?;
+        Ok(GLOBAL.get_or_init(|| host).clone())
+    }
+
+    /// Supervises `spec` and starts it. Nothing starts if the spec is invalid.
+    pub fn spawn(&self, spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
+        let (name, policy, ports) = self.ports(spec)?;
+        Ok(
+            Supervisor::launch(&name, policy, ports).map_err(|e| SpecErrors {
+                name,
+                problems: e
+                    .0
+                    .into_iter()
+                    .map(super::spec::SpecProblem::Policy)
+                    .collect(),
+            })?,
+        )
+    }
+
+    /// Supervises `spec` without starting it.
+    pub fn add(&self, spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
+        let (name, policy, ports) = self.ports(spec)?;
+        Ok(
+            Supervisor::idle(&name, policy, ports).map_err(|e| SpecErrors {
+                name,
+                problems: e
+                    .0
+                    .into_iter()
+                    .map(super::spec::SpecProblem::Policy)
+                    .collect(),
+            })?,
+        )
+    }
+
+    /// The output ring of a supervised process, for `logs`.
+    pub fn logs(&self, name: &str) -> Option<Arc<LogRing>> {
+        let rings = self.rings.lock().expect("never poisoned");
+        rings
+            .iter()
+            .rev()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, r)| r.clone())
+    }
+
+    fn ports(
+        &self,
+        spec: ProcessSpec,
+    ) -> Result<(String, processcontrol_core::Policy, Ports), SuperviseError> {
+        spec.validate()?;
+        let name: Arc<str> = spec.name.as_str().into();
+        let logs_error = |error| SuperviseError::Logs {
+            name: spec.name.clone(),
+            error,
+        };
+        let ring = Arc::new(
+            LogRing::new(RingConfig {
+                max_lines: spec.logs.ring_lines,
+                max_bytes: spec.logs.ring_bytes,
+                ..RingConfig::default()
+            })
+            .map_err(logs_error)?,
+        );
+        let file = match &spec.logs.dir {
+            Some(dir) => {
+                let mut config = FileConfig::new(dir, spec.name.clone());
+                config.max_file_bytes = spec.logs.file_max_bytes;
+                config.keep_files = spec.logs.file_keep;
+                // The writer task ends when the last sink (held by the captures) is dropped.
+                Some(spawn_file_writer(config).map_err(logs_error)?.0)
+            }
+            None => None,
+        };
+        self.rings
+            .lock()
+            .expect("never poisoned")
+            .push((name.clone(), ring.clone()));
+        let processes = OsProcesses {
+            name: name.clone(),
+            launcher: self.launcher.clone(),
+            command: spec.command.clone(),
+            ring,
+            printer: spec
+                .logs
+                .echo
+                .then(|| Printer::new(name.clone(), self.printer.clone())),
+            file,
+            children: Arc::default(),
+        };
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let watchers = OsWatchers::new(&spec.probes, &self.launcher, self.sampling.clone(), tag);
+        let ports = Ports {
+            processes: Arc::new(processes),
+            watchers: Arc::new(watchers),
+            clock: Arc::new(TokioClock::new()),
+        };
+        Ok((spec.name.clone(), spec.effective_policy(), ports))
+    }
+}
+
+impl Supervisor {
+    /// Supervises `spec` on the [global host](Host::global) and starts it.
+    pub fn spawn(spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
+        Host::global()?.spawn(spec)
+    }
+}

@@ -1,0 +1,10 @@
+//! Supervising real processes: a process specification, the real ports (launcher, log
+//! capture, probes, sampler) behind the runtime, and the host they share.
+
+mod host;
+mod os_processes;
+mod spec;
+mod watchers;
+
+pub use host::{Host, HostConfig, SuperviseError};
+pub use spec::{CheckSpec, LogSpec, ProbeSpec, ProbeSpecs, ProcessSpec, SpecErrors, SpecProblem};

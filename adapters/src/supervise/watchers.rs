@@ -1,0 +1,265 @@
+//! The [`Watchers`] port on the real OS: probe schedules per instance and role, and the
+//! routing of the one shared sampler's reports to each process. Results are only reported;
+//! thresholds and limits are the core's.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use processcontrol_core::{Input, Instance, Pid, ProbeResult, ProbeRole, Roles, Usage};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::spec::{CheckSpec, ProbeSpec, ProbeSpecs};
+use crate::ports::{Reporter, Watchers};
+use crate::probe::{Check, Probe, ProbeOutcome, ProbeSchedule};
+use crate::process::{self, run_exec_probe, Launcher};
+use crate::sample::{self, SampleReport, SamplerHandle};
+
+/// One sampler for every process of a host, and where its reports go.
+pub(crate) struct Sampling {
+    handle: SamplerHandle,
+    routes: Arc<Mutex<HashMap<u64, (Instance, Reporter)>>>,
+    router: JoinHandle<()>,
+}
+
+impl Sampling {
+    /// Starts the sampler at `interval` and the task that routes its reports.
+    pub(crate) fn start(interval: Duration) -> Result<Sampling, sample::SampleError> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let handle = sample::spawn(interval, tx)?;
+        let routes: Arc<Mutex<HashMap<u64, (Instance, Reporter)>>> = Arc::default();
+        let table = routes.clone();
+        let router = tokio::spawn(async move {
+            while let Some(report) = rx.recv().await {
+                // A root that is gone is reported by the process port, with its status.
+                let SampleReport::Usage(u) = report else {
+                    continue;
+                };
+                let route = table
+                    .lock()
+                    .expect("routes are never poisoned")
+                    .get(&u.tag)
+                    .cloned();
+                if let Some((instance, reporter)) = route {
+                    reporter.fact(Input::Sampled {
+                        instance,
+                        usage: Usage {
+                            memory: u.rss_bytes,
+                            cpu: u.cpu_percent.map_or(0, |c| c.round() as u64),
+                            fds: u.open_fds,
+                            processes: u.processes,
+                            threads: u.threads,
+                        },
+                    });
+                }
+            }
+        });
+        Ok(Sampling {
+            handle,
+            routes,
+            router,
+        })
+    }
+
+    fn watch(&self, tag: u64, instance: Instance, pid: Pid, reporter: Reporter) {
+        self.routes
+            .lock()
+            .expect("routes are never poisoned")
+            .insert(tag, (instance, reporter));
+        if let Err(e) = self.handle.add(tag, pid) {
+            tracing::warn!(error = %e, "sampler stopped");
+        }
+    }
+
+    fn unwatch(&self, tag: u64) {
+        self.routes
+            .lock()
+            .expect("routes are never poisoned")
+            .remove(&tag);
+        let _ = self.handle.remove(tag);
+    }
+}
+
+impl Drop for Sampling {
+    fn drop(&mut self) {
+        self.router.abort();
+    }
+}
+
+/// A probe check as the schedule runs it: network checks, or a command through the launcher
+/// (the one reaper rule: no child is started anywhere else).
+#[derive(Clone)]
+enum Runnable {
+    Network(Probe),
+    Exec {
+        launcher: Launcher,
+        command: process::ProcessSpec,
+        timeout: Duration,
+    },
+}
+
+impl Check for Runnable {
+    async fn check(&self) -> ProbeOutcome {
+        match self {
+            Runnable::Network(p) => p.check().await,
+            Runnable::Exec {
+                launcher,
+                command,
+                timeout,
+            } => {
+                if run_exec_probe(launcher, command.clone(), *timeout)
+                    .await
+                    .is_pass()
+                {
+                    ProbeOutcome::Passed
+                } else {
+                    // The reason is only for people; the core counts pass or fail.
+                    ProbeOutcome::Failed(crate::probe::ProbeFailure {
+                        reason: crate::probe::FailureReason::Io,
+                        message: "exec probe failed".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        match self {
+            Runnable::Network(p) => p.timeout(),
+            // The exec probe enforces its own timeout and then cleans up the group; give it
+            // room to do so before the schedule's own cut-off.
+            Runnable::Exec { timeout, .. } => *timeout + Duration::from_secs(2),
+        }
+    }
+}
+
+/// The probes and sampling of one process.
+pub(crate) struct OsWatchers {
+    probes: Vec<(ProbeRole, Runnable, ProbeSpec)>,
+    sampling: Arc<Sampling>,
+    /// This process's sampler tag.
+    tag: u64,
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    instance: Option<Instance>,
+    tasks: Vec<(ProbeRole, JoinHandle<()>)>,
+}
+
+impl OsWatchers {
+    /// Builds the checks of `specs` (validated before: an invalid probe is skipped here).
+    pub(crate) fn new(
+        specs: &ProbeSpecs,
+        launcher: &Launcher,
+        sampling: Arc<Sampling>,
+        tag: u64,
+    ) -> Self {
+        let mut probes = Vec::new();
+        for (role, spec) in [
+            (ProbeRole::Startup, &specs.startup),
+            (ProbeRole::Liveness, &specs.liveness),
+            (ProbeRole::Readiness, &specs.readiness),
+        ] {
+            let Some(spec) = spec else { continue };
+            let runnable = match (&spec.check, spec.build_network_check()) {
+                (CheckSpec::Exec { argv }, _) => {
+                    let (program, args) = argv
+                        .split_first()
+                        .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+                    Runnable::Exec {
+                        launcher: launcher.clone(),
+                        command: process::ProcessSpec::new(program).args(args),
+                        timeout: spec.timeout,
+                    }
+                }
+                (_, Ok(Some(probe))) => Runnable::Network(probe),
+                (_, _) => continue,
+            };
+            probes.push((role, runnable, spec.clone()));
+        }
+        OsWatchers {
+            probes,
+            sampling,
+            tag,
+            running: Mutex::new(Running::default()),
+        }
+    }
+}
+
+#[async_trait]
+impl Watchers for OsWatchers {
+    async fn watch(
+        &self,
+        instance: Instance,
+        pid: Option<Pid>,
+        probes: Roles,
+        sampling: bool,
+        report: Reporter,
+    ) {
+        let mut running = self.running.lock().expect("never poisoned");
+        if running.instance != Some(instance) {
+            for (_, task) in running.tasks.drain(..) {
+                task.abort();
+            }
+            running.instance = Some(instance);
+        }
+        // Stop the roles no longer wanted, start the wanted ones not running yet.
+        running.tasks.retain(|(role, task)| {
+            let keep = probes.contains(*role);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (role, runnable, spec) in &self.probes {
+            if !probes.contains(*role) || running.tasks.iter().any(|(r, _)| r == role) {
+                continue;
+            }
+            let Ok(schedule) =
+                ProbeSchedule::new(runnable.clone(), spec.initial_delay, spec.period)
+            else {
+                continue;
+            };
+            let (tx, mut rx) = mpsc::channel::<crate::probe::ProbeReport>(1);
+            let report = report.clone();
+            let role = *role;
+            let task = tokio::spawn(async move {
+                let forward = async {
+                    while let Some(r) = rx.recv().await {
+                        let result = if r.outcome.is_passed() {
+                            ProbeResult::Pass
+                        } else {
+                            ProbeResult::Fail
+                        };
+                        report.fact(Input::Probe {
+                            instance,
+                            role,
+                            result,
+                        });
+                    }
+                };
+                tokio::join!(schedule.run(0, tx), forward);
+            });
+            running.tasks.push((role, task));
+        }
+        match (sampling, pid) {
+            (true, Some(pid)) => self.sampling.watch(self.tag, instance, pid, report),
+            _ => self.sampling.unwatch(self.tag),
+        }
+    }
+}
+
+impl Drop for OsWatchers {
+    fn drop(&mut self) {
+        if let Ok(running) = self.running.get_mut() {
+            for (_, task) in running.tasks.drain(..) {
+                task.abort();
+            }
+        }
+        self.sampling.unwatch(self.tag);
+    }
+}

@@ -144,6 +144,8 @@ pub enum ExitStatus {
     Code(i32),
     /// It was ended by this signal number.
     Signal(i32),
+    /// The kernel's OOM killer ended it (known where the instance runs in its own cgroup).
+    OomKilled,
 }
 
 impl fmt::Display for ExitStatus {
@@ -151,6 +153,7 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
             ExitStatus::Signal(s) => write!(f, "signal {s}"),
+            ExitStatus::OomKilled => f.write_str("killed by the OOM killer"),
         }
     }
 }

@@ -545,7 +545,7 @@ impl Machine {
         let rules = &self.policy.exit_codes;
         let code = match status {
             ExitStatus::Code(c) => Some(c),
-            ExitStatus::Signal(_) => None,
+            ExitStatus::Signal(_) | ExitStatus::OomKilled => None,
         };
         let success = code.is_some_and(|c| rules.success.contains(&c));
         let restart = if code.is_some_and(|c| rules.prevent_restart.contains(&c)) {

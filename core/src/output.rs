@@ -292,6 +292,7 @@ impl Cause {
             Cause::ResetBreaker => "reset_breaker",
             Cause::Spawned => "spawned",
             Cause::SpawnFailed(_) => "spawn_failed",
+            Cause::Exited(ExitStatus::OomKilled) => "oom_killed",
             Cause::Exited(_) => "exited",
             Cause::Gone => "gone",
             Cause::StartupPassed => "startup_passed",

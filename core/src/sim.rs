@@ -634,11 +634,12 @@ pub fn op(b: &mut Bytes<'_>) -> Op {
         11 => Op::SpuriousTick,
         12..=14 => Op::SpawnOk,
         15 => Op::SpawnFail,
-        16..=18 => Op::Exit(match b.u8() % 5 {
+        16..=18 => Op::Exit(match b.u8() % 6 {
             0 => ExitStatus::Code(0),
             1 => ExitStatus::Code(1),
             2 => ExitStatus::Code(2),
             3 => ExitStatus::Code(3),
+            4 => ExitStatus::OomKilled,
             _ => ExitStatus::Signal(9),
         }),
         19..=21 => Op::Gone,

@@ -1,8 +1,7 @@
-//! The `processcontrol` command.
+//! The `processcontrol` command. See `processcontrol --help` and docs/cli.md.
 
-fn main() {
-    println!(
-        "processcontrol {}\n\nUSAGE:\n    processcontrol run [OPTIONS] -- PROGRAM [ARGS]...\n",
-        env!("CARGO_PKG_VERSION")
-    );
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(cli::main())
 }

@@ -1,6 +1,7 @@
 //! Tokio adapters of ProcessControl: they carry out the core's effects and turn what happens
 //! to real processes into events for the core. They never decide.
 
+pub mod cgroup;
 pub mod logs;
 pub mod notify;
 pub mod ports;

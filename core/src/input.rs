@@ -44,6 +44,12 @@ pub enum Input {
     },
     /// Close the breaker and forget the restart history; an open breaker starts a new instance.
     ResetBreaker,
+    /// Pass a signal on to every process of the current instance (a supervisor forwarding the
+    /// signals it receives, or an operator's `kill -HUP` for a reload). Changes no state.
+    Forward {
+        /// The signal.
+        signal: crate::signal::Signal,
+    },
     /// The adapter started the instance asked for by [`crate::Effect::Spawn`].
     Spawned {
         /// The instance that started.
@@ -114,6 +120,7 @@ impl Input {
             Input::Kill => "kill",
             Input::Restart { .. } => "restart",
             Input::ResetBreaker => "reset_breaker",
+            Input::Forward { .. } => "forward",
             Input::Spawned { .. } => "spawned",
             Input::SpawnFailed { .. } => "spawn_failed",
             Input::Exited { .. } => "exited",

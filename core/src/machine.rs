@@ -43,6 +43,8 @@ pub struct Machine {
     last_instance: u64,
     /// Restart spawns so far, all causes (for status output).
     restarts: u64,
+    /// How the last instance's main process ended, if one did.
+    last_exit: Option<ExitStatus>,
     backoff: Backoff,
     breaker: Breaker,
     probes: Probes,
@@ -175,6 +177,7 @@ impl Machine {
             phase: Phase::Idle(Rest::Stopped),
             last_instance: 0,
             restarts: 0,
+            last_exit: None,
             backoff: Backoff::new(policy.seed),
             breaker: Breaker::new(&policy.breaker),
             probes: Probes::default(),
@@ -261,13 +264,10 @@ impl Machine {
         }
     }
 
-    /// How the process finished, once it has finished for good (`exited` or `failed` after an
-    /// exit).
-    pub fn exit_status(&self) -> Option<ExitStatus> {
-        match self.phase {
-            Phase::Idle(Rest::Exited(s)) | Phase::Idle(Rest::Failed(Failure::Exit(s))) => Some(s),
-            _ => None,
-        }
+    /// How the main process of the last instance that exited ended (also after a stop or a
+    /// kill, when no transition reports it).
+    pub fn last_exit(&self) -> Option<ExitStatus> {
+        self.last_exit
     }
 
     /// The next deadline, if the machine is waiting for one. Only one is ever armed.
@@ -345,6 +345,7 @@ impl Machine {
             Input::Stop { grace } => self.stop(grace.unwrap_or(self.policy.stop.grace), s),
             Input::Kill => self.kill(s),
             Input::ResetBreaker => self.reset_breaker(s),
+            Input::Forward { signal } => self.forward(signal, s),
             Input::Spawned { pid, .. } => self.spawned(pid, s),
             Input::SpawnFailed { error, .. } => self.spawn_failed(error, s),
             Input::Exited { status, .. } => self.exited(status, s),
@@ -476,6 +477,13 @@ impl Machine {
         }
     }
 
+    fn forward(&mut self, signal: crate::Signal, s: &mut Step) {
+        match (self.instance(), self.pid()) {
+            (Some(instance), Some(_)) => s.effect(Effect::Signal { instance, signal }),
+            _ => s.ignore(IgnoreReason::NotApplicable),
+        }
+    }
+
     // ----- facts about the child -------------------------------------------------------------
 
     fn spawned(&mut self, pid: Pid, s: &mut Step) {
@@ -530,12 +538,16 @@ impl Machine {
         match &mut self.phase {
             Phase::Live(l) => {
                 let l = *l;
+                self.last_exit = Some(status);
                 let then = self.after_exit(status);
                 self.unwatch(l, s);
                 // Whatever comes next, leftovers of the group get the stop signal and the grace.
                 self.signal_and_drain(l, then, self.policy.stop.grace, true, s);
             }
-            Phase::Draining(d) if !d.exited => d.exited = true,
+            Phase::Draining(d) if !d.exited => {
+                d.exited = true;
+                self.last_exit = Some(status);
+            }
             _ => s.ignore(IgnoreReason::NotApplicable),
         }
     }
@@ -904,6 +916,8 @@ fn default_cause(input: Input) -> Option<Cause> {
         Input::Kill => Cause::Kill,
         Input::Restart { cause } => Cause::Restart(cause),
         Input::ResetBreaker => Cause::ResetBreaker,
+        // Forwarding never changes the state.
+        Input::Forward { .. } => return None,
         Input::Spawned { .. } => Cause::Spawned,
         Input::SpawnFailed { error, .. } => Cause::SpawnFailed(error),
         Input::Exited { status, .. } => Cause::Exited(status),

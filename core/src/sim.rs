@@ -30,6 +30,8 @@ pub enum Op {
     Restart,
     /// Operator: reset the breaker.
     ResetBreaker,
+    /// Operator: forward a signal to the current instance.
+    Forward,
     /// Virtual time passes, then the machine is ticked.
     Advance(u32),
     /// A tick with no time passing (early or spurious).
@@ -141,6 +143,9 @@ impl Sim {
                 cause: RestartCause::Manual,
             },
             Op::ResetBreaker => Input::ResetBreaker,
+            Op::Forward => Input::Forward {
+                signal: Signal::Hup,
+            },
             Op::Advance(ms) => {
                 self.now = self.now.saturating_add(Duration::from_millis(ms.into()));
                 Input::Tick
@@ -670,7 +675,8 @@ pub fn op(b: &mut Bytes<'_>) -> Op {
                 threads: v(16),
             })
         }
-        28..=29 => Op::Stale(b.u8(), b.u8()),
+        28 => Op::Stale(b.u8(), b.u8()),
+        29 => Op::Forward,
         _ => Op::Late(b.u8()),
     }
 }

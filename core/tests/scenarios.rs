@@ -361,7 +361,7 @@ fn restart_policies_and_exit_code_rules() {
         d.input(Input::Gone { instance });
         assert_eq!(d.m.state(), expected, "{restart:?} exit {code}");
         if expected != StateName::Restarting {
-            assert_eq!(d.m.exit_status(), Some(ExitStatus::Code(code)));
+            assert_eq!(d.m.last_exit(), Some(ExitStatus::Code(code)));
         }
     }
 }

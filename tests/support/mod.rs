@@ -143,3 +143,208 @@ pub fn pids_with_env(needle: &str) -> Vec<u32> {
         .filter(|pid| alive(*pid))
         .collect()
 }
+
+// ----- added for tests/health_limits.rs --------------------------------------------------------
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use processcontrol::Event;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, watch};
+
+/// Requests a [`HealthServer`] answered so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Answered 200.
+    pub ok: u64,
+    /// Answered 500.
+    pub failed: u64,
+}
+
+/// A tiny HTTP responder on loopback for probe tests: every request gets `200 OK`, or `500`
+/// while it is switched to failing (or for the next `fail_next` requests). It counts what it
+/// answered, and the count is bumped before the answer is written, so a probe never sees an
+/// answer the count does not include yet.
+pub struct HealthServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    healthy: Arc<AtomicBool>,
+    fail_budget: Arc<AtomicU64>,
+    served: watch::Receiver<Served>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthServer {
+    /// Listens on 127.0.0.1 on a free port.
+    pub async fn start(healthy: bool) -> HealthServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(healthy));
+        let fail_budget = Arc::new(AtomicU64::new(0));
+        let (tx, served) = watch::channel(Served::default());
+        let tx = Arc::new(tx);
+        let (h, b) = (healthy.clone(), fail_budget.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (h, b, tx) = (h.clone(), b.clone(), tx.clone());
+                tokio::spawn(async move {
+                    // Read the request head (a probe sends no body).
+                    let mut buf = Vec::with_capacity(1024);
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.len() > 16 * 1024 {
+                            break;
+                        }
+                    }
+                    let budget_fail = b
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let ok = h.load(Ordering::SeqCst) && !budget_fail;
+                    tx.send_modify(|s| if ok { s.ok += 1 } else { s.failed += 1 });
+                    let answer: &[u8] = if ok {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    } else {
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\nsick"
+                    };
+                    let _ = stream.write_all(answer).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        HealthServer {
+            addr,
+            healthy,
+            fail_budget,
+            served,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Answers 200 (true) or 500 (false) from now on.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Answers 500 to the next `n` requests, whatever the switch says.
+    pub fn fail_next(&self, n: u64) {
+        self.fail_budget.store(n, Ordering::SeqCst);
+    }
+
+    /// What was answered so far.
+    pub fn served(&self) -> Served {
+        *self.served.borrow()
+    }
+
+    /// Waits until the answers so far satisfy `f`, failing the test after `WAIT`.
+    pub async fn wait_served(&self, what: &str, mut f: impl FnMut(&Served) -> bool) -> Served {
+        let mut rx = self.served.clone();
+        let served = match tokio::time::timeout(WAIT, rx.wait_for(|s| f(s))).await {
+            Ok(Ok(s)) => *s,
+            Ok(Err(_)) => panic!("health server stopped while waiting for {what}"),
+            Err(_) => panic!(
+                "timed out waiting for {what}; served {:?}",
+                *self.served.borrow()
+            ),
+        };
+        served
+    }
+}
+
+impl Drop for HealthServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits for the next event satisfying `f`, failing the test after `WAIT`. Events before it are
+/// consumed.
+pub async fn next_event(
+    events: &mut broadcast::Receiver<Event>,
+    what: &str,
+    mut f: impl FnMut(&Event) -> bool,
+) -> Event {
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Ok(event) if f(&event) => return event,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    panic!("event stream closed while waiting for {what}")
+                }
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("timed out waiting for event {what}"))
+}
+
+/// The events received so far and not consumed yet.
+pub fn drain_events(events: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+    let mut out = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(event) => out.push(event),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Asserts that the status keeps satisfying `f` for `window` (for things that must *not*
+/// happen, which no event can announce). Returns the last status.
+pub async fn assert_holds_for(
+    sup: &Supervisor,
+    what: &str,
+    window: Duration,
+    mut f: impl FnMut(&Status) -> bool,
+) -> Status {
+    assert!(
+        f(&sup.status()),
+        "{what} does not hold at the start: {:?}",
+        sup.status()
+    );
+    if let Ok(Ok(s)) = tokio::time::timeout(window, sup.wait_for(|s| !f(s))).await {
+        panic!("{what} stopped holding: {s:?}");
+    }
+    sup.status()
+}
+
+/// The lines the process `name` printed so far (from its ring).
+pub fn log_lines(name: &str) -> Vec<String> {
+    let ring = host().logs(name).expect("a log ring");
+    let (tail, _follower) = ring.follow(usize::MAX);
+    tail.into_iter().map(|l| l.text.to_string()).collect()
+}
+
+/// A loopback port that was free a moment ago (for a child that listens on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// [`host`], with first uses serialized: `Host::global` is not safe against concurrent first
+/// use (two tests starting at once may both try to create the launcher, and one gets
+/// `Launcher(AlreadyRunning)`; see `health_limits::global_host_first_use_is_race_free`).
+/// Remove once that is fixed.
+pub fn shared_host() -> Arc<Host> {
+    static FIRST_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _serialized = FIRST_USE.lock().unwrap_or_else(|e| e.into_inner());
+    host()
+}

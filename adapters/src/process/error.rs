@@ -32,10 +32,10 @@ pub enum LauncherError {
 /// Why a program could not be started. No process of the instance is left running.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// The child could not become the program: `execve` or the setup before it (credentials,
-    /// chdir, setsid) failed. Carries the OS error the child reported through std's
-    /// close-on-exec pipe, e.g. `NotFound` for a missing program or `PermissionDenied` for a
-    /// file that is not executable.
+    /// The child could not become the program: `execve` or the setup before it (joining its
+    /// cgroup, credentials, chdir, setsid) failed. Carries the OS error the child reported
+    /// through std's close-on-exec pipe, e.g. `NotFound` for a missing program or
+    /// `PermissionDenied` for a file that is not executable.
     #[error("cannot start {program:?}: {source}")]
     Exec {
         /// The program as given in the spec.
@@ -112,6 +112,8 @@ pub enum SignalTarget {
     Group,
     /// A marked descendant that left the process group, by pid.
     Escapee(u32),
+    /// The instance's cgroup, killed as a whole.
+    Cgroup,
 }
 
 impl fmt::Display for SignalTarget {
@@ -120,6 +122,7 @@ impl fmt::Display for SignalTarget {
             SignalTarget::Leader => f.write_str("the leader"),
             SignalTarget::Group => f.write_str("the process group"),
             SignalTarget::Escapee(pid) => write!(f, "escaped descendant {pid}"),
+            SignalTarget::Cgroup => f.write_str("the instance's cgroup"),
         }
     }
 }

@@ -51,6 +51,16 @@
 //! Once a group has been seen empty after its leader was reaped it is never signalled again:
 //! an empty group cannot refill, and its id may be reused by an unrelated new session.
 //!
+//! # Cgroups
+//!
+//! A spec may carry an [`InstanceCgroup`](crate::cgroup::InstanceCgroup): the child then
+//! writes itself into it between `fork` and `exec` (before dropping privileges), so the
+//! leader and everything it forks are members from their first instruction. With one,
+//! `gone` additionally waits for the cgroup to be empty (which catches a descendant that
+//! cleared its environment and left the group: it is still a descendant, so its death still
+//! reaches us), and a SIGKILL of the instance kills the cgroup first (`cgroup.kill`, or
+//! freeze and kill), then proceeds as below.
+//!
 //! # Signals
 //!
 //! [`Child::signal`] sends once to each process: `kill(-pgid)` reaches the group, including
@@ -82,7 +92,7 @@ mod child;
 mod error;
 mod exec_probe;
 mod launcher;
-mod pidfd;
+pub(crate) mod pidfd;
 mod reaper;
 mod scan;
 mod spawn;
@@ -107,4 +117,6 @@ pub struct SignalReport {
     pub group: bool,
     /// Pids of marked descendants outside the group that were signalled.
     pub escapees: Vec<u32>,
+    /// The instance's cgroup was killed as a whole (SIGKILL of an instance that has one).
+    pub cgroup: bool,
 }

@@ -22,6 +22,7 @@ use super::error::{SignalError, SignalTarget};
 use super::scan;
 use super::status::ExitStatus;
 use super::SignalReport;
+use crate::cgroup::InstanceCgroup;
 
 /// How many times `kill_group` rescans for escapees that forked while being killed.
 const KILL_ROUNDS: usize = 4;
@@ -53,6 +54,8 @@ pub(crate) struct Entry {
     pub(crate) marker: Arc<str>,
     /// The leader's pidfd, dropped once the leader is reaped.
     pub(crate) pidfd: Option<OwnedFd>,
+    /// The instance's cgroup, if it has one: killed as a whole, and must be empty for `gone`.
+    pub(crate) cgroup: Option<InstanceCgroup>,
     pub(crate) leader_reaped: bool,
     /// Once seen empty after the leader was reaped, a process group can never refill, and its
     /// id may be reused: it is never signalled again.
@@ -139,6 +142,28 @@ impl Shared {
     ) -> Result<SignalReport, SignalError> {
         let mut report = SignalReport::default();
         let mut first_error = None;
+        if signal == Signal::SIGKILL {
+            // The cgroup first: it reaches every member whatever it did to its session, group
+            // or environment, even one being forked. Outside the lock, as a freeze may wait;
+            // the cgroup is ours alone, so there is no reuse to guard against.
+            let cgroup = self
+                .lock()
+                .instances
+                .get(&id)
+                .and_then(|entry| entry.cgroup.clone());
+            if let Some(cgroup) = cgroup {
+                match cgroup.kill() {
+                    Ok(_) => report.cgroup = true,
+                    Err(error) => {
+                        first_error = Some(SignalError {
+                            signal,
+                            target: SignalTarget::Cgroup,
+                            source: error.raw_os_error().map_or(Errno::EIO, Errno::from_raw),
+                        })
+                    }
+                }
+            }
+        }
         let (marker, pgid) = {
             let mut reg = self.lock();
             let other_leader_owns_pgid = |reg: &Registry, pgid: Pid| {
@@ -351,6 +376,14 @@ fn empty_groups(reg: &mut Registry) -> Vec<(u64, Arc<str>)> {
             match killpg(entry.pgid(), None) {
                 Err(Errno::ESRCH) => entry.group_empty = true,
                 _ => continue,
+            }
+        }
+        // A member that left the group and cleared its environment is still in the cgroup.
+        // Being a descendant, its death still reaches us (as subreaper), and we come back
+        // here. An unreadable cgroup is not waited for, so `gone` cannot hang on it.
+        if let Some(cgroup) = &entry.cgroup {
+            if cgroup.is_populated().unwrap_or(false) {
+                continue;
             }
         }
         pending.push((*id, entry.marker.clone()));

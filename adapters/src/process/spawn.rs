@@ -4,7 +4,7 @@
 //! tokio's blocking pool retires idle threads, which would kill their children. A dedicated
 //! thread that lives as long as the launcher makes the signal mean "the supervisor died".
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -74,6 +74,8 @@ struct Credentials {
 
 /// Everything the forked child does before `exec`, prepared so that it allocates nothing.
 struct ChildSetup {
+    /// `cgroup.procs` of each hierarchy of the instance's cgroup.
+    cgroup_procs: Vec<CString>,
     credentials: Option<Credentials>,
     cwd: Option<CString>,
     parent: Pid,
@@ -82,6 +84,11 @@ struct ChildSetup {
 impl ChildSetup {
     /// Runs in the forked child. Only async-signal-safe system calls on pre-built data.
     fn apply(&self) -> io::Result<()> {
+        // First, while we still have the supervisor's privileges to move ourselves, and
+        // before the program can fork: every process of the instance is born inside.
+        for procs in &self.cgroup_procs {
+            join_cgroup(procs)?;
+        }
         if let Some(creds) = &self.credentials {
             unistd::setgroups(&creds.groups)?;
             unistd::setgid(creds.gid)?;
@@ -104,6 +111,27 @@ impl ChildSetup {
         unistd::setsid()?;
         Ok(())
     }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` ("0" names the
+/// writer). Runs in the forked child: raw `open`, `write` and `close` only, which are
+/// async-signal-safe, and no allocation (the error is a bare OS error number).
+fn join_cgroup(procs: &CStr) -> io::Result<()> {
+    // SAFETY: `procs` is a valid NUL-terminated string that outlives the call.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes one byte from a static buffer to the descriptor opened above.
+    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let result = if written == 1 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    };
+    // SAFETY: closes the descriptor opened above, which nothing else uses.
+    unsafe { libc::close(fd) };
+    result
 }
 
 fn lookup_error(what: String) -> impl FnOnce(nix::errno::Errno) -> SpawnError {
@@ -196,6 +224,17 @@ fn stdio(mode: OutputMode) -> Stdio {
 fn spawn_one(shared: &Shared, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
     let credentials = resolve_credentials(spec.user.as_ref(), spec.group.as_ref())?;
     let cwd = spec.cwd.as_deref().map(check_cwd).transpose()?;
+    let cgroup_procs = match &spec.cgroup {
+        Some(cgroup) => cgroup
+            .procs_files()
+            .into_iter()
+            .map(|path| CString::new(path.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| SpawnError::InteriorNul {
+                what: "cgroup path",
+            })?,
+        None => Vec::new(),
+    };
     let (id, marker) = shared.next_marker();
 
     let mut command = Command::new(&spec.program);
@@ -212,14 +251,15 @@ fn spawn_one(shared: &Shared, spec: &ProcessSpec) -> Result<Spawned, SpawnError>
         .stdout(stdio(spec.stdout))
         .stderr(stdio(spec.stderr));
     let setup = ChildSetup {
+        cgroup_procs,
         credentials,
         cwd,
         parent: shared.supervisor_pid,
     };
     // SAFETY: the closure runs in the forked child of a multi-threaded process, before exec.
-    // It only issues async-signal-safe system calls (setgroups, setgid, setuid, chdir, prctl,
-    // getppid, setsid) on data prepared before the fork, allocates nothing, takes no lock,
-    // and reports failure through std's close-on-exec pipe.
+    // It only issues async-signal-safe system calls (open, write, close, setgroups, setgid,
+    // setuid, chdir, prctl, getppid, setsid) on data prepared before the fork, allocates
+    // nothing, takes no lock, and reports failure through std's close-on-exec pipe.
     unsafe {
         command.pre_exec(move || setup.apply());
     }
@@ -262,6 +302,7 @@ fn spawn_one(shared: &Shared, spec: &ProcessSpec) -> Result<Spawned, SpawnError>
             leader: pid,
             marker: marker.clone(),
             pidfd,
+            cgroup: spec.cgroup.clone(),
             leader_reaped: false,
             group_empty: false,
             exit_tx,

@@ -4,6 +4,8 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::cgroup::InstanceCgroup;
+
 /// Where the child's environment starts from, before [`ProcessSpec::env`] is applied.
 ///
 /// Services usually inherit the supervisor's environment (PATH, locale); a clean one is for
@@ -78,6 +80,9 @@ pub struct ProcessSpec {
     pub stdout: OutputMode,
     /// Standard error.
     pub stderr: OutputMode,
+    /// The cgroup the child joins before `exec`, so the instance can be limited, its OOM
+    /// kills seen, and killed as a whole. `None`: process group and marker only.
+    pub cgroup: Option<InstanceCgroup>,
 }
 
 impl ProcessSpec {
@@ -94,6 +99,7 @@ impl ProcessSpec {
             group: None,
             stdout: OutputMode::Pipe,
             stderr: OutputMode::Pipe,
+            cgroup: None,
         }
     }
 
@@ -153,6 +159,13 @@ impl ProcessSpec {
     /// Chooses what happens to standard error.
     pub fn stderr(mut self, mode: OutputMode) -> Self {
         self.stderr = mode;
+        self
+    }
+
+    /// Places the instance in `cgroup` (created beforehand, e.g. by
+    /// [`CgroupParent::create`](crate::cgroup::CgroupParent::create)).
+    pub fn cgroup(mut self, cgroup: InstanceCgroup) -> Self {
+        self.cgroup = Some(cgroup);
         self
     }
 }

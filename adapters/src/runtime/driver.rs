@@ -188,7 +188,7 @@ impl Driver {
             restarts: m.restarts(),
             breaker: breaker_name(m.breaker()),
             ready: m.ready(),
-            exit: m.exit_status(),
+            exit: m.last_exit(),
             last_error: self.last_error.clone(),
             rss: usage.map(|u| u.memory),
             cpu: usage.map(|u| u.cpu),

@@ -121,6 +121,11 @@ impl Supervisor {
         self.send(Input::Kill)
     }
 
+    /// Passes a signal on to every process of the current instance (no state changes).
+    pub fn forward(&self, signal: processcontrol_core::Signal) -> Result<(), CommandError> {
+        self.send(Input::Forward { signal })
+    }
+
     /// Closes the breaker; an open breaker starts a new instance.
     pub fn reset_breaker(&self) -> Result<(), CommandError> {
         self.send(Input::ResetBreaker)

@@ -26,7 +26,7 @@ pub struct Status {
     pub breaker: &'static str,
     /// Whether the readiness probe passed (false without one).
     pub ready: bool,
-    /// How the process finished, once it finished for good.
+    /// How the last instance's main process ended, if one did.
     pub exit: Option<ExitStatus>,
     /// The last spawn error, for people.
     pub last_error: Option<String>,

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::os_processes::OsProcesses;
-use super::spec::{ProcessSpec, SpecErrors};
+use super::os_processes::{CgroupPlan, OsProcesses};
+use super::spec::{Echo, ProcessSpec, SpecErrors};
 use super::watchers::{OsWatchers, Sampling};
+use crate::cgroup::{CgroupParent, Cgroups};
 use crate::logs::{
     spawn_file_writer, FileConfig, LogError, LogRing, PrintLine, Printer, RingConfig, Stream,
 };
@@ -67,6 +68,9 @@ pub struct Host {
     printer: mpsc::Sender<PrintLine>,
     next_tag: AtomicU64,
     rings: Mutex<Vec<(Arc<str>, Arc<LogRing>)>>,
+    /// The parent of every instance cgroup, created on first use by a spec that asks for
+    /// cgroups; `None` inside once they turned out unavailable (said once, in a warning).
+    cgroups: OnceLock<Option<Arc<CgroupParent>>>,
 }
 
 static GLOBAL: OnceLock<Arc<Host>> = OnceLock::new();
@@ -83,10 +87,10 @@ impl Host {
                 // A closed stdout is not worth killing anything for.
                 let _ = match line.stream {
                     Stream::Stdout => {
-                        writeln!(std::io::stdout().lock(), "{source} | {}", line.text)
+                        writeln!(std::io::stdout().lock(), "{source}{}", line.text)
                     }
                     Stream::Stderr => {
-                        writeln!(std::io::stderr().lock(), "{source} | {}", line.text)
+                        writeln!(std::io::stderr().lock(), "{source}{}", line.text)
                     }
                 };
             }
@@ -97,6 +101,7 @@ impl Host {
             printer,
             next_tag: AtomicU64::new(1),
             rings: Mutex::new(Vec::new()),
+            cgroups: OnceLock::new(),
         }))
     }
 
@@ -182,19 +187,27 @@ impl Host {
             .lock()
             .expect("never poisoned")
             .push((name.clone(), ring.clone()));
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let processes = OsProcesses {
             name: name.clone(),
             launcher: self.launcher.clone(),
             command: spec.command.clone(),
             ring,
-            printer: spec
-                .logs
-                .echo
-                .then(|| Printer::new(name.clone(), self.printer.clone())),
+            printer: match spec.logs.echo {
+                Echo::Off => None,
+                Echo::Plain => Some(Printer::new("", self.printer.clone())),
+                Echo::Prefixed => Some(Printer::new(format!("{name} | "), self.printer.clone())),
+            },
             file,
             children: Arc::default(),
+            cgroup: spec.cgroup.clone().and_then(|spec| {
+                Some(CgroupPlan {
+                    spec,
+                    parent: self.cgroup_parent()?,
+                    tag,
+                })
+            }),
         };
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let watchers = OsWatchers::new(&spec.probes, &self.launcher, self.sampling.clone(), tag);
         let ports = Ports {
             processes: Arc::new(processes),
@@ -202,6 +215,52 @@ impl Host {
             clock: Arc::new(TokioClock::new()),
         };
         Ok((spec.name.clone(), spec.effective_policy(), ports))
+    }
+}
+
+impl Host {
+    /// The parent cgroup of this supervisor's instances (`processcontrol-<pid>` under its
+    /// own cgroup), created on the first call. Where cgroups cannot be used, the reason is
+    /// logged once and every later call returns `None` quietly.
+    pub fn cgroup_parent(&self) -> Option<Arc<CgroupParent>> {
+        self.cgroups
+            .get_or_init(|| {
+                let parent = Cgroups::detect()
+                    .map_err(|e| e.to_string())
+                    .and_then(|cgroups| cgroups.create_parent().map_err(|e| e.to_string()));
+                match parent {
+                    Ok(parent) => {
+                        // A missing memory controller is warned about once, by the first
+                        // spawn that asks for a limit.
+                        tracing::info!(
+                            dirs = ?parent.dirs(),
+                            memory_limits = parent.memory_limits().is_ok(),
+                            "instances get their own cgroup"
+                        );
+                        Some(Arc::new(parent))
+                    }
+                    Err(reason) => {
+                        tracing::warn!(
+                            %reason,
+                            "cgroups unavailable: instances run without one (no hard memory \
+                             limit, no OOM detection), under process groups, markers and \
+                             /proc sampling"
+                        );
+                        None
+                    }
+                }
+            })
+            .clone()
+    }
+}
+
+impl Drop for Host {
+    /// Removes the instance cgroups left empty, and the parent if nothing is left in it
+    /// (processes still running keep theirs; the parent's own drop retries later).
+    fn drop(&mut self) {
+        if let Some(Some(parent)) = self.cgroups.get() {
+            parent.remove_empty();
+        }
     }
 }
 

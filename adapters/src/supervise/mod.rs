@@ -7,4 +7,7 @@ mod spec;
 mod watchers;
 
 pub use host::{Host, HostConfig, SuperviseError};
-pub use spec::{CheckSpec, LogSpec, ProbeSpec, ProbeSpecs, ProcessSpec, SpecErrors, SpecProblem};
+pub use spec::{
+    CgroupSpec, CheckSpec, Echo, LogSpec, ProbeSpec, ProbeSpecs, ProcessSpec, SpecErrors,
+    SpecProblem,
+};

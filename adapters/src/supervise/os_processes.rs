@@ -1,14 +1,21 @@
 //! The [`Processes`] port on the real OS: the launcher starts each instance in its own session
 //! and process group, its output is captured line by line, and a small task per instance turns
 //! "leader reaped" and "nothing left" into the facts `Exited` and `Gone`.
+//!
+//! With a cgroup plan, each instance also gets its own cgroup under the host's parent
+//! cgroup, created before the spawn and removed once the instance is gone; a leader killed
+//! by SIGKILL while the cgroup's OOM-kill counter is non-zero is reported as `OomKilled`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use processcontrol_core::{ExitStatus, Input, Instance, Pid, Signal, SpawnError};
 
+use super::spec::CgroupSpec;
+use crate::cgroup::{CgroupParent, InstanceCgroup};
 use crate::logs::{Capture, FileSink, LogRing, Printer, Stream};
 use crate::ports::{Processes, Reporter, SpawnFailure};
 use crate::process::{self, Child, Launcher};
@@ -23,16 +30,44 @@ pub(crate) struct OsProcesses {
     pub(crate) file: Option<FileSink>,
     /// Instances not yet gone, for signals.
     pub(crate) children: Arc<Mutex<HashMap<Instance, Child>>>,
+    /// Where each instance's cgroup is created, when the spec asks for one and the host
+    /// could create its parent cgroup.
+    pub(crate) cgroup: Option<CgroupPlan>,
 }
+
+/// How the instances of one process get their cgroups.
+pub(crate) struct CgroupPlan {
+    pub(crate) spec: CgroupSpec,
+    pub(crate) parent: Arc<CgroupParent>,
+    /// The host's number for this process, so that two processes of the same name never
+    /// share a cgroup name.
+    pub(crate) tag: u64,
+}
+
+/// The kernel bumps the OOM-kill counter right after sending SIGKILL, from the killing
+/// task; our reap comes after the victim's whole exit, so the counter is normally already
+/// up. A loaded machine may preempt the killing task in between: one re-read after this.
+const OOM_COUNTER_GRACE: Duration = Duration::from_millis(10);
+
+/// `rmdir` retries while the kernel finishes releasing the last members.
+const REMOVE_ATTEMPTS: u32 = 3;
 
 #[async_trait]
 impl Processes for OsProcesses {
     async fn spawn(&self, instance: Instance, report: Reporter) -> Result<Pid, SpawnFailure> {
-        let mut child = self
-            .launcher
-            .spawn(self.command.clone())
-            .await
-            .map_err(spawn_failure)?;
+        let mut command = self.command.clone();
+        let cgroup = self.create_cgroup(instance);
+        command.cgroup = cgroup.clone();
+        let mut child = match self.launcher.spawn(command).await {
+            Ok(child) => child,
+            Err(e) => {
+                // No process of the instance runs, so its cgroup is empty.
+                if let Some(cgroup) = &cgroup {
+                    remove_cgroup(&self.name, cgroup).await;
+                }
+                return Err(spawn_failure(e));
+            }
+        };
         for (stream, pipe) in [
             (Stream::Stdout, child.take_stdout()),
             (Stream::Stderr, child.take_stderr()),
@@ -56,15 +91,22 @@ impl Processes for OsProcesses {
             .expect("the children map is never poisoned: no code panics while holding it")
             .insert(instance, child);
         let children = self.children.clone();
+        let name = self.name.clone();
         tokio::spawn(async move {
             // Both waits end with the reaper at the latest (then nothing more can be known).
             if let Ok(status) = watch.exited().await {
-                report.fact(Input::Exited {
-                    instance,
-                    status: exit_status(status),
-                });
+                let status = match &cgroup {
+                    Some(cgroup) => oom_or(status, cgroup).await,
+                    None => exit_status(status),
+                };
+                report.fact(Input::Exited { instance, status });
             }
             if watch.gone().await.is_ok() {
+                // Removed before `Gone` is reported, so that whoever reacts to it finds no
+                // leftover (the next instance's cgroup has another name anyway).
+                if let Some(cgroup) = &cgroup {
+                    remove_cgroup(&name, cgroup).await;
+                }
                 report.fact(Input::Gone { instance });
             }
             children
@@ -89,6 +131,21 @@ impl Processes for OsProcesses {
 }
 
 impl OsProcesses {
+    /// Creates the instance's cgroup, `<name>.<tag>-<instance>` under the host's parent.
+    /// A failure is logged and the instance runs without one, like on a host without
+    /// cgroups: keeping the program running comes first.
+    fn create_cgroup(&self, instance: Instance) -> Option<InstanceCgroup> {
+        let plan = self.cgroup.as_ref()?;
+        let name = format!("{}.{}-{}", self.name, plan.tag, instance.0);
+        match plan.parent.create(&name, plan.spec.memory_max) {
+            Ok(cgroup) => Some(cgroup),
+            Err(error) => {
+                tracing::warn!(process = %self.name, %instance, %error, "instance runs without its cgroup");
+                None
+            }
+        }
+    }
+
     fn with_child(
         &self,
         instance: Instance,
@@ -103,6 +160,39 @@ impl OsProcesses {
             if let Err(e) = f(child) {
                 tracing::debug!(process = %self.name, %instance, error = %e, "signal not delivered");
             }
+        }
+    }
+}
+
+/// The leader's status, or `OomKilled` when it died of SIGKILL and the OOM killer has been
+/// at work in its cgroup.
+async fn oom_or(status: process::ExitStatus, cgroup: &InstanceCgroup) -> ExitStatus {
+    if status.signal() == Some(libc::SIGKILL) {
+        for attempt in 0..2 {
+            match cgroup.oom_kills() {
+                Ok(Some(kills)) if kills > 0 => return ExitStatus::OomKilled,
+                Ok(Some(_)) if attempt == 0 => tokio::time::sleep(OOM_COUNTER_GRACE).await,
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::debug!(%error, "OOM counter unreadable; reporting the signal");
+                    break;
+                }
+            }
+        }
+    }
+    exit_status(status)
+}
+
+/// Removes an empty instance cgroup, retrying briefly; a failure is only logged (the host
+/// removes what is left when it is dropped).
+async fn remove_cgroup(process: &str, cgroup: &InstanceCgroup) {
+    for attempt in 1..=REMOVE_ATTEMPTS {
+        match cgroup.remove() {
+            Ok(()) => return,
+            Err(error) if attempt == REMOVE_ATTEMPTS => {
+                tracing::warn!(process, %error, "instance cgroup left in place");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }

@@ -24,6 +24,25 @@ pub struct ProcessSpec {
     pub probes: ProbeSpecs,
     /// Where the output goes besides the in-memory ring.
     pub logs: LogSpec,
+    /// Give each instance its own cgroup (where the host allows it), with an optional hard
+    /// memory limit. `None`: process group and markers only.
+    pub cgroup: Option<CgroupSpec>,
+}
+
+/// Cgroup enforcement for the instances of one process.
+///
+/// Where the host allows it, each instance runs in its own cgroup: it is killed as a whole
+/// (double-forked daemons included), the kernel enforces `memory_max`, and an OOM kill is
+/// reported as `ExitStatus::OomKilled`. Where it does not (no writable, delegated cgroup
+/// hierarchy; or no memory controller for the limit), the host says why once in a warning
+/// and the instances run as without this, under process groups, markers and the sampler's
+/// soft limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CgroupSpec {
+    /// Hard memory limit in bytes for the whole instance (every process of it). Swap does not
+    /// stretch it. Exceeding it gets a process OOM-killed by the kernel (on cgroup v2 the
+    /// whole instance).
+    pub memory_max: Option<u64>,
 }
 
 /// The probes of a process, per role; a role without a probe has none.
@@ -165,8 +184,20 @@ pub struct LogSpec {
     pub file_max_bytes: u64,
     /// Keep this many rotated files.
     pub file_keep: usize,
-    /// Print each line to the supervisor's own stdout/stderr, prefixed with the name.
-    pub echo: bool,
+    /// Whether each line is also printed on the supervisor's own stdout or stderr.
+    pub echo: Echo,
+}
+
+/// Printing a process's output in the foreground.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Echo {
+    /// Not printed (kept in the ring and the file only).
+    #[default]
+    Off,
+    /// Printed as is: `processcontrol run` is transparent about its one program's output.
+    Plain,
+    /// Printed as `name | line`, to tell many processes apart.
+    Prefixed,
 }
 
 impl Default for LogSpec {
@@ -177,7 +208,7 @@ impl Default for LogSpec {
             dir: None,
             file_max_bytes: 10 << 20,
             file_keep: 5,
-            echo: false,
+            echo: Echo::Off,
         }
     }
 }
@@ -211,6 +242,9 @@ pub enum SpecProblem {
     /// The command is empty.
     #[error("the command is empty")]
     EmptyCommand,
+    /// A hard memory limit of zero bytes would OOM-kill every instance at its first page.
+    #[error("the cgroup memory_max must be more than 0 bytes")]
+    ZeroMemoryMax,
 }
 
 /// Every problem found in a process specification.
@@ -239,6 +273,7 @@ impl ProcessSpec {
             policy: Policy::default(),
             probes: ProbeSpecs::default(),
             logs: LogSpec::default(),
+            cgroup: None,
         }
     }
 
@@ -313,6 +348,20 @@ impl ProcessSpec {
         self
     }
 
+    /// Runs each instance in its own cgroup, as `cgroup` says.
+    pub fn cgroup(mut self, cgroup: CgroupSpec) -> Self {
+        self.cgroup = Some(cgroup);
+        self
+    }
+
+    /// Runs each instance in its own cgroup with a hard memory limit of `bytes`.
+    pub fn memory_max(mut self, bytes: u64) -> Self {
+        self.cgroup
+            .get_or_insert_with(CgroupSpec::default)
+            .memory_max = Some(bytes);
+        self
+    }
+
     /// The policy the core will apply: the given one, with the probe thresholds filled in from
     /// the probes.
     pub fn effective_policy(&self) -> Policy {
@@ -328,6 +377,9 @@ impl ProcessSpec {
         let mut problems = Vec::new();
         if self.command.program.is_empty() {
             problems.push(SpecProblem::EmptyCommand);
+        }
+        if self.cgroup.as_ref().and_then(|c| c.memory_max) == Some(0) {
+            problems.push(SpecProblem::ZeroMemoryMax);
         }
         for (role, probe) in [
             ("liveness", &self.probes.liveness),

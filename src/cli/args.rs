@@ -1,0 +1,243 @@
+//! The command line. Flag names are the config keys' names: users' scripts depend on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use processcontrol::core::units::{parse_duration, parse_size};
+use processcontrol::{Cooldown, LimitAction, RestartPolicy, Signal};
+
+/// Keeps programs running: restarts them with backoff, stops restart loops with a circuit
+/// breaker, watches their health and resources, and stops them gracefully.
+#[derive(Debug, Parser)]
+#[command(name = "processcontrol", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Format of the supervisor's own log lines (on stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The supervisor's own log format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Human,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Supervise one program in the foreground (also as a container entrypoint).
+    Run(Box<RunArgs>),
+}
+
+/// `processcontrol run [OPTIONS] -- PROGRAM [ARGS]...`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Name used in events and logs [default: the program's file name].
+    #[arg(long)]
+    pub name: Option<String>,
+
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+
+    #[command(flatten)]
+    pub health: HealthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    /// Write one JSON line per state transition to this file (`-` for stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pub events: Option<PathBuf>,
+
+    /// Set an environment variable for the program (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Working directory of the program.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// The program and its arguments.
+    #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]...")]
+    pub argv: Vec<String>,
+}
+
+/// Restart, backoff, breaker and stop policy.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// When an exited program is restarted.
+    #[arg(long, value_enum, default_value_t = RestartArg::OnFailure, help_heading = "Restart")]
+    pub restart: RestartArg,
+    /// Delay before the first restart of a crash streak.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "100ms", help_heading = "Restart")]
+    pub backoff_initial: Duration,
+    /// The longest delay between restarts.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "30s", help_heading = "Restart")]
+    pub backoff_max: Duration,
+    /// Growth of the delay from one restart to the next (at least 1).
+    #[arg(
+        long,
+        value_name = "FACTOR",
+        default_value_t = 2.0,
+        help_heading = "Restart"
+    )]
+    pub backoff_factor: f64,
+    /// Fraction (0 to 1) of each delay taken off at random.
+    #[arg(
+        long,
+        value_name = "FRACTION",
+        default_value_t = 0.1,
+        help_heading = "Restart"
+    )]
+    pub backoff_jitter: f64,
+    /// Uptime after which a crash streak is over (and a half-open breaker closes).
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "60s", help_heading = "Restart")]
+    pub reset_after: Duration,
+    /// Restarts allowed in one window before the circuit breaker opens.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        help_heading = "Circuit breaker"
+    )]
+    pub max_restarts: u32,
+    /// The breaker's sliding window.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "60s", help_heading = "Circuit breaker")]
+    pub restart_window: Duration,
+    /// How long the breaker stays open before one trial start, or `never` (give up).
+    #[arg(long, value_name = "DURATION|never", value_parser = cooldown, default_value = "5m", help_heading = "Circuit breaker")]
+    pub breaker_cooldown: Cooldown,
+    /// Signal that asks the program to stop.
+    #[arg(long, value_name = "SIGNAL", value_parser = signal, default_value = "SIGTERM", help_heading = "Stop")]
+    pub stop_signal: Signal,
+    /// How long the program has to exit after the stop signal before its whole process
+    /// group is killed.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s", help_heading = "Stop")]
+    pub stop_grace: Duration,
+}
+
+/// The liveness check.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct HealthCheck {
+    /// Liveness: HTTP GET must answer 200-399.
+    #[arg(long, value_name = "URL", help_heading = "Health")]
+    pub health_http: Option<String>,
+    /// Liveness: a TCP connection must be accepted.
+    #[arg(long, value_name = "HOST:PORT", help_heading = "Health")]
+    pub health_tcp: Option<String>,
+    /// Liveness: a shell command must exit 0.
+    #[arg(long, value_name = "CMD", help_heading = "Health")]
+    pub health_exec: Option<String>,
+}
+
+/// Liveness probe settings.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub check: HealthCheck,
+    /// Time between checks.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s", help_heading = "Health")]
+    pub health_period: Duration,
+    /// A check taking longer fails.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "1s", help_heading = "Health")]
+    pub health_timeout: Duration,
+    /// Consecutive failures that restart the program.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value = "3", help_heading = "Health")]
+    pub health_failures: u32,
+    /// Wait this long after a start before the first check.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "0s", help_heading = "Health")]
+    pub health_initial_delay: Duration,
+}
+
+/// Resource limits.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Resident memory of the whole process tree.
+    #[arg(long, value_name = "SIZE", value_parser = size, help_heading = "Limits")]
+    pub max_memory: Option<u64>,
+    /// CPU of the whole process tree, in percent of one core (may exceed 100).
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    pub max_cpu: Option<u64>,
+    /// How long a limit must be exceeded before the action.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "0s", help_heading = "Limits")]
+    pub limit_for: Duration,
+    /// What a sustained violation does.
+    #[arg(long, value_enum, default_value_t = LimitActionArg::Restart, help_heading = "Limits")]
+    pub limit_action: LimitActionArg,
+}
+
+/// `--restart`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RestartArg {
+    /// Restart after every exit.
+    Always,
+    /// Restart after failures only; a clean exit means done.
+    OnFailure,
+    /// Never restart after an exit.
+    Never,
+}
+
+impl From<RestartArg> for RestartPolicy {
+    fn from(r: RestartArg) -> Self {
+        match r {
+            RestartArg::Always => RestartPolicy::Always,
+            RestartArg::OnFailure => RestartPolicy::OnFailure,
+            RestartArg::Never => RestartPolicy::Never,
+        }
+    }
+}
+
+/// `--limit-action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LimitActionArg {
+    /// Restart through the breaker.
+    Restart,
+    /// Stop gracefully and stay stopped.
+    GracefulShutdown,
+    /// Kill at once and stay killed.
+    Kill,
+    /// Only report it.
+    Warn,
+}
+
+impl From<LimitActionArg> for LimitAction {
+    fn from(a: LimitActionArg) -> Self {
+        match a {
+            LimitActionArg::Restart => LimitAction::Restart,
+            LimitActionArg::GracefulShutdown => LimitAction::GracefulShutdown,
+            LimitActionArg::Kill => LimitAction::Kill,
+            LimitActionArg::Warn => LimitAction::Warn,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+fn cooldown(s: &str) -> Result<Cooldown, String> {
+    s.parse::<Cooldown>().map_err(|e| format!("{e} or `never`"))
+}
+
+fn signal(s: &str) -> Result<Signal, String> {
+    s.parse::<Signal>().map_err(|e| e.to_string())
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}

@@ -1,0 +1,325 @@
+//! `processcontrol run`: one program in the foreground, its output passed through, the
+//! supervisor's signals turned into a graceful stop, and its fate turned into an exit status.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use processcontrol::{
+    BackoffPolicy, BreakerPolicy, Cooldown, Echo, ExitStatus, Host, HostConfig, LimitRule,
+    ProbeSpec, ProcessSpec, Resource, Signal, StateName, Status, What,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::args::RunArgs;
+use super::exit;
+
+/// Runs the program until it finishes for good, the supervisor gives up, or a signal stops it.
+pub fn run(args: RunArgs) -> u8 {
+    let spec = match build(&args) {
+        Ok(spec) => spec,
+        Err(message) => return exit::usage(&message),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::usage(&format!("cannot start the runtime: {e}")),
+    };
+    let gives_up = matches!(spec.policy.breaker.cooldown, Cooldown::Never);
+    runtime.block_on(supervise(spec, args.events, gives_up))
+}
+
+/// The specification the flags describe, or a one-line error naming the flag.
+fn build(args: &RunArgs) -> Result<ProcessSpec, String> {
+    let p = &args.policy;
+    let program = &args.argv[0];
+    if find_program(program, args.cwd.as_deref()).is_none() {
+        return Err(format!(
+            "invalid value '{program}' for 'PROGRAM': not found or not executable"
+        ));
+    }
+    if !(p.backoff_factor >= 1.0 && p.backoff_factor.is_finite()) {
+        return Err(flag_error(
+            "--backoff-factor <FACTOR>",
+            &p.backoff_factor.to_string(),
+            "must be at least 1",
+        ));
+    }
+    if !(0.0..=1.0).contains(&p.backoff_jitter) {
+        return Err(flag_error(
+            "--backoff-jitter <FRACTION>",
+            &p.backoff_jitter.to_string(),
+            "must be between 0 and 1",
+        ));
+    }
+    if p.backoff_initial > p.backoff_max {
+        return Err(flag_error(
+            "--backoff-initial <DURATION>",
+            &format!("{:?}", p.backoff_initial),
+            "is longer than --backoff-max",
+        ));
+    }
+    if p.restart_window.is_zero() {
+        return Err(flag_error(
+            "--restart-window <DURATION>",
+            "0",
+            "must be longer than 0",
+        ));
+    }
+    let name = args.name.clone().unwrap_or_else(|| {
+        Path::new(program)
+            .file_name()
+            .map_or_else(|| program.clone(), |n| n.to_string_lossy().into_owned())
+    });
+    let mut spec = ProcessSpec::new(name, &args.argv)
+        .restart(p.restart.into())
+        .backoff(BackoffPolicy {
+            initial: p.backoff_initial,
+            factor: p.backoff_factor,
+            max: p.backoff_max,
+            jitter: p.backoff_jitter,
+            reset_after: p.reset_after,
+        })
+        .breaker(BreakerPolicy {
+            max_restarts: p.max_restarts,
+            window: p.restart_window,
+            cooldown: p.breaker_cooldown,
+            max_cooldown: match p.breaker_cooldown {
+                Cooldown::After(d) => d.max(Duration::from_secs(3600)),
+                Cooldown::Never => Duration::from_secs(3600),
+            },
+        })
+        .stop(p.stop_signal, p.stop_grace);
+    spec.logs.echo = Echo::Plain;
+    // A different seed per run: many supervisors started together do not jitter alike.
+    spec.policy.seed = u64::from(std::process::id());
+    for (k, v) in &args.env {
+        spec = spec.env(k, v);
+    }
+    if let Some(cwd) = &args.cwd {
+        spec = spec.cwd(cwd);
+    }
+    let h = &args.health;
+    let (probe, flag) = match (
+        &h.check.health_http,
+        &h.check.health_tcp,
+        &h.check.health_exec,
+    ) {
+        (Some(url), _, _) => (Some(ProbeSpec::http(url)), "--health-http <URL>"),
+        (_, Some(addr), _) => (Some(ProbeSpec::tcp(addr)), "--health-tcp <HOST:PORT>"),
+        (_, _, Some(cmd)) => (
+            Some(ProbeSpec::exec(["/bin/sh", "-c", cmd])),
+            "--health-exec <CMD>",
+        ),
+        _ => (None, ""),
+    };
+    if let Some(probe) = probe {
+        spec = spec.liveness(
+            probe
+                .period(h.health_period)
+                .timeout(h.health_timeout)
+                .failure_threshold(h.health_failures)
+                .initial_delay(h.health_initial_delay),
+        );
+        // Probe targets are checked here so the error names the flag.
+        if let Err(e) = spec.validate() {
+            return Err(format!("invalid value for '{flag}': {e}"));
+        }
+    }
+    let l = &args.limits;
+    for (resource, max) in [(Resource::Memory, l.max_memory), (Resource::Cpu, l.max_cpu)] {
+        if let Some(max) = max {
+            spec = spec.limit(LimitRule {
+                resource,
+                max,
+                sustain: l.limit_for,
+                action: l.limit_action.into(),
+            });
+        }
+    }
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
+fn flag_error(flag: &str, value: &str, why: &str) -> String {
+    format!("invalid value '{value}' for '{flag}': {why}")
+}
+
+/// The program as the launcher will find it: a path (relative to `cwd`), or a name on PATH.
+fn find_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = match cwd {
+            Some(dir) if !program.starts_with('/') => dir.join(program),
+            _ => PathBuf::from(program),
+        };
+        return executable(&path).then_some(path);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| executable(p))
+}
+
+async fn supervise(spec: ProcessSpec, events_path: Option<PathBuf>, gives_up: bool) -> u8 {
+    let host = match Host::new(HostConfig::default()) {
+        Ok(host) => host,
+        Err(e) => return exit::usage(&e.to_string()),
+    };
+    let mut events_out = match open_events(events_path.as_deref()) {
+        Ok(out) => out,
+        Err(message) => return exit::usage(&message),
+    };
+    let sup = match host.add(spec) {
+        Ok(sup) => sup,
+        Err(e) => return exit::usage(&e.to_string()),
+    };
+    let mut events = sup.subscribe();
+    let mut status = sup.watch_status();
+    if sup.start().is_err() {
+        return exit::GAVE_UP;
+    }
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return exit::usage("cannot install signal handlers");
+    };
+    let mut forwarded = Forwarded::install();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(event) => {
+                    if let What::LimitExceeded { resource, observed, max, action } = &event.what {
+                        tracing::warn!(resource, observed, max, action, "limit exceeded");
+                    }
+                    if written(&event.what) {
+                        if let Some(out) = events_out.as_mut() {
+                            // A broken events pipe must not stop the supervision.
+                            let _ = writeln!(out, "{}", event.to_json_line()).and_then(|()| out.flush());
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "events output fell behind");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            _ = term.recv() => stopping = stop(&sup, stopping),
+            _ = int.recv() => stopping = stop(&sup, stopping),
+            Some(sig) = forwarded.recv() => {
+                let _ = sup.forward(sig);
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = status.borrow().clone();
+                if let Some(code) = finished(&now, gives_up) {
+                    // Drain the events already published, so the file is complete.
+                    while let Ok(event) = events.try_recv() {
+                        if written(&event.what) {
+                            if let Some(out) = events_out.as_mut() {
+                                let _ = writeln!(out, "{}", event.to_json_line());
+                            }
+                        }
+                    }
+                    if let Some(out) = events_out.as_mut() {
+                        let _ = out.flush();
+                    }
+                    sup.shutdown().await;
+                    return code;
+                }
+            }
+        }
+    }
+    exit::GAVE_UP
+}
+
+/// `--events` gets every transition and every notable event (readiness, limits, spawn
+/// failures, a breaker closing); not the ignored inputs or scheduled backoffs, which are noise
+/// for scripts. Every line has an `event` field.
+fn written(what: &What) -> bool {
+    !matches!(what, What::Ignored { .. } | What::BackoffScheduled { .. })
+}
+
+/// The first SIGTERM or SIGINT stops the program gracefully; a second one kills it.
+fn stop(sup: &processcontrol::Supervisor, stopping: bool) -> bool {
+    let _ = if stopping { sup.kill() } else { sup.stop(None) };
+    true
+}
+
+/// The exit status of `processcontrol run`, once the program's fate is settled: the program's
+/// own last exit status (code, or 128 + signal), or [`exit::GAVE_UP`].
+fn finished(status: &Status, gives_up: bool) -> Option<u8> {
+    let own = |default: u8| Some(status.exit.map_or(default, exit::from_status));
+    match status.state {
+        StateName::BreakerOpen if gives_up => Some(exit::GAVE_UP),
+        _ if !status.at_rest() => None,
+        StateName::Killed => own(exit::from_status(ExitStatus::Signal(9))),
+        StateName::Stopped => own(0),
+        // Exited or failed without ever running: every spawn failed.
+        _ => own(exit::GAVE_UP),
+    }
+}
+
+fn open_events(path: Option<&Path>) -> Result<Option<Box<dyn Write + Send>>, String> {
+    match path {
+        None => Ok(None),
+        Some(p) if p == Path::new("-") => Ok(Some(Box::new(std::io::stdout()))),
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map(|f| Some(Box::new(f) as Box<dyn Write + Send>))
+            .map_err(|e| {
+                format!(
+                    "invalid value '{}' for '--events <PATH|->': {e}",
+                    p.display()
+                )
+            }),
+    }
+}
+
+/// Signals passed on to the program as they are.
+struct Forwarded {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Signal>,
+}
+
+impl Forwarded {
+    fn install() -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for (kind, sig) in [
+            (SignalKind::hangup(), Signal::Hup),
+            (SignalKind::quit(), Signal::Quit),
+            (SignalKind::user_defined1(), Signal::Usr1),
+            (SignalKind::user_defined2(), Signal::Usr2),
+            (SignalKind::window_change(), Signal::Winch),
+            (SignalKind::alarm(), Signal::Alrm),
+        ] {
+            let Ok(mut stream) = signal(kind) else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(sig).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Forwarded { rx }
+    }
+
+    async fn recv(&mut self) -> Option<Signal> {
+        self.rx.recv().await
+    }
+}

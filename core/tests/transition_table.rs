@@ -189,6 +189,9 @@ fn apply(d: &mut Driver, label: &str) -> processcontrol_core::Outcome {
             result: ProbeResult::Fail,
         }),
         "tick at deadline" => d.tick(),
+        "forward SIGHUP" => d.feed(Input::Forward {
+            signal: processcontrol_core::Signal::Hup,
+        }),
         _ => unreachable!(),
     }
 }

@@ -156,6 +156,7 @@ fn inputs() -> Vec<&'static str> {
         "gone",
         "liveness fail",
         "tick at deadline",
+        "forward SIGHUP",
     ]
 }
 
@@ -189,6 +190,9 @@ fn apply(d: &mut Driver, label: &str) -> processcontrol_core::Outcome {
             result: ProbeResult::Fail,
         }),
         "tick at deadline" => d.tick(),
+        "forward SIGHUP" => d.feed(Input::Forward {
+            signal: processcontrol_core::Signal::Hup,
+        }),
         "forward SIGHUP" => d.feed(Input::Forward {
             signal: processcontrol_core::Signal::Hup,
         }),

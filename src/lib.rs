@@ -36,7 +36,7 @@
 pub use processcontrol_adapters as adapters;
 pub use processcontrol_core as core;
 
-pub use processcontrol_adapters::runtime::{CommandError, Event, Status, Supervisor, What};
+pub use processcontrol_adapters::runtime::{CommandError, Event, Events, Status, Supervisor, What};
 pub use processcontrol_adapters::supervise::{
     CgroupSpec, CheckSpec, Echo, Host, HostConfig, LogSpec, ProbeSpec, ProcessSpec, SpecErrors,
     SuperviseError,

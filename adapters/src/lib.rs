@@ -2,7 +2,10 @@
 //! to real processes into events for the core. They never decide.
 
 pub mod cgroup;
+pub mod config;
+pub mod control;
 pub mod logs;
+pub mod metrics;
 pub mod notify;
 pub mod ports;
 pub mod probe;

@@ -142,4 +142,7 @@ pub struct Ports {
     pub watchers: Arc<dyn Watchers>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Where events are published: one stream for every process of a host, each event
+    /// naming its process.
+    pub events: tokio::sync::broadcast::Sender<crate::runtime::Event>,
 }

@@ -193,9 +193,6 @@ fn apply(d: &mut Driver, label: &str) -> processcontrol_core::Outcome {
         "forward SIGHUP" => d.feed(Input::Forward {
             signal: processcontrol_core::Signal::Hup,
         }),
-        "forward SIGHUP" => d.feed(Input::Forward {
-            signal: processcontrol_core::Signal::Hup,
-        }),
         _ => unreachable!(),
     }
 }

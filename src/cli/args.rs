@@ -34,6 +34,117 @@ pub enum LogFormat {
 pub enum Command {
     /// Supervise one program in the foreground (also as a container entrypoint).
     Run(Box<RunArgs>),
+    /// Supervise the processes of a config file in the foreground, with a control socket.
+    Up(UpArgs),
+    /// Validate a config file without running anything.
+    Check(ConfigArg),
+    /// Show the status of one process or of all (a table, or JSON with --json).
+    Status {
+        /// The process; all if absent.
+        name: Option<String>,
+        /// The same fields as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Start a process, or all with --all.
+    Start(Target),
+    /// Stop a process, or all with --all, gracefully.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// Grace period before the kill [default: the process's stop.grace].
+        #[arg(long, value_name = "DURATION", value_parser = duration)]
+        grace: Option<Duration>,
+    },
+    /// Replace a process's running instance.
+    Restart(Named),
+    /// Kill a process's whole process group now.
+    Kill(Named),
+    /// Close a process's circuit breaker.
+    Reset(Named),
+    /// Show a process's recent output.
+    Logs {
+        /// The process.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many recent lines.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Print recent events as JSON lines (and new ones with -f).
+    Events {
+        /// Keep printing new events.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Re-read the config file: changed processes restart, new ones start, removed ones stop.
+    Reload(SocketArg),
+    /// Stop every process (in reverse dependency order) and the daemon.
+    Shutdown(SocketArg),
+}
+
+/// `-c FILE`.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The config file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "FILE",
+        default_value = "processcontrol.toml"
+    )]
+    pub file: PathBuf,
+}
+
+/// `--socket PATH`.
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The daemon's control socket [default: $XDG_RUNTIME_DIR/processcontrol.sock, or
+    /// /tmp/processcontrol-UID.sock].
+    #[arg(long, env = "PROCESSCONTROL_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// `processcontrol up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Serve Prometheus metrics on this loopback address (overrides [supervisor] metrics).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// A process name, or --all.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The process.
+    pub name: Option<String>,
+    /// Every process.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+/// One process name.
+#[derive(Debug, Args)]
+pub struct Named {
+    /// The process.
+    pub name: String,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 /// `processcontrol run [OPTIONS] -- PROGRAM [ARGS]...`

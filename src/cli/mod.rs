@@ -1,8 +1,10 @@
 //! The `processcontrol` command: argument parsing and the subcommands.
 
 mod args;
+mod client;
 mod exit;
 mod run;
+mod up;
 
 use clap::Parser;
 
@@ -45,8 +47,66 @@ pub fn main() -> u8 {
         }
     };
     init_logging(cli.log_format);
+    use processcontrol::adapters::control::{default_socket_path, Request};
+    let socket = |s: args::SocketArg| s.socket.unwrap_or_else(default_socket_path);
     match cli.command {
         Command::Run(args) => run::run(*args),
+        Command::Up(args) => up::up(args.config.file, args.socket.socket, args.metrics),
+        Command::Check(config) => match up::load(&config.file) {
+            Ok(config) => {
+                println!("ok: {} process(es)", config.processes.len());
+                0
+            }
+            Err(code) => code,
+        },
+        Command::Status {
+            name,
+            json,
+            socket: s,
+        } => client::call(&socket(s), Request::Status { name }, json),
+        Command::Start(t) => client::call(
+            &socket(t.socket),
+            Request::Start {
+                name: t.name,
+                all: t.all,
+            },
+            false,
+        ),
+        Command::Stop { target: t, grace } => client::call(
+            &socket(t.socket),
+            Request::Stop {
+                name: t.name,
+                all: t.all,
+                grace_ms: grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),
+            },
+            false,
+        ),
+        Command::Restart(n) => {
+            client::call(&socket(n.socket), Request::Restart { name: n.name }, false)
+        }
+        Command::Kill(n) => client::call(&socket(n.socket), Request::Kill { name: n.name }, false),
+        Command::Reset(n) => {
+            client::call(&socket(n.socket), Request::Reset { name: n.name }, false)
+        }
+        Command::Logs {
+            name,
+            follow,
+            lines,
+            socket: s,
+        } => client::call(
+            &socket(s),
+            Request::Logs {
+                name,
+                follow,
+                lines: Some(lines),
+            },
+            false,
+        ),
+        Command::Events { follow, socket: s } => {
+            client::call(&socket(s), Request::Events { follow }, false)
+        }
+        Command::Reload(s) => client::call(&socket(s), Request::Reload, false),
+        Command::Shutdown(s) => client::call(&socket(s), Request::Shutdown, false),
     }
 }
 

@@ -274,7 +274,7 @@ impl Drop for HealthServer {
 /// Waits for the next event satisfying `f`, failing the test after `WAIT`. Events before it are
 /// consumed.
 pub async fn next_event(
-    events: &mut broadcast::Receiver<Event>,
+    events: &mut processcontrol::Events,
     what: &str,
     mut f: impl FnMut(&Event) -> bool,
 ) -> Event {
@@ -294,7 +294,7 @@ pub async fn next_event(
 }
 
 /// The events received so far and not consumed yet.
-pub fn drain_events(events: &mut broadcast::Receiver<Event>) -> Vec<Event> {
+pub fn drain_events(events: &mut processcontrol::Events) -> Vec<Event> {
     let mut out = Vec::new();
     loop {
         match events.try_recv() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use processcontrol_core::{Effect, Input, Machine, Timestamp, Usage};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::event::Event;
 use super::status::{breaker_name, Status};
@@ -30,7 +30,6 @@ pub(crate) struct Driver {
     pub(crate) facts: mpsc::UnboundedReceiver<Report>,
     pub(crate) mail: mpsc::UnboundedReceiver<Mail>,
     pub(crate) status: watch::Sender<Status>,
-    pub(crate) events: broadcast::Sender<Event>,
     /// Facts produced while executing effects (spawn results), fed before new mail.
     pub(crate) queue: VecDeque<Input>,
     /// The message of the last spawn failure, for its event and for status.
@@ -128,7 +127,7 @@ impl Driver {
             let event = Event::from_notification(&self.name, n, self.last_error.as_deref(), pid);
             tracing::debug!(process = %self.name, event = %event.to_json_line(), "event");
             // No subscriber is fine.
-            let _ = self.events.send(event);
+            let _ = self.ports.events.send(event);
         }
         self.publish_status(now);
     }

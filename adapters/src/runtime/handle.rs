@@ -13,9 +13,6 @@ use super::event::Event;
 use super::status::Status;
 use crate::ports::{Ports, Report, Reporter};
 
-/// How many events a slow subscriber may lag behind before it is told it missed some.
-const EVENT_BUFFER: usize = 1024;
-
 /// Why a command could not be delivered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -40,20 +37,35 @@ impl Supervisor {
     /// Supervises a process with the given ports, and starts it. The policy is validated
     /// first: nothing starts when it is invalid.
     pub fn launch(name: &str, policy: Policy, ports: Ports) -> Result<Supervisor, PolicyErrors> {
-        let supervisor = Self::idle(name, policy, ports)?;
-        // The mailbox is open: the task has just been spawned.
-        let _ = supervisor.send(Input::Start);
-        Ok(supervisor)
+        Self::new(name, policy, ports, true)
     }
 
     /// Supervises a process without starting it (for dependency ordering and tests).
     pub fn idle(name: &str, policy: Policy, ports: Ports) -> Result<Supervisor, PolicyErrors> {
+        Self::new(name, policy, ports, false)
+    }
+
+    fn new(
+        name: &str,
+        policy: Policy,
+        ports: Ports,
+        start: bool,
+    ) -> Result<Supervisor, PolicyErrors> {
         let machine = Machine::new(policy)?;
         let name: Arc<str> = name.into();
         let (fact_tx, facts) = mpsc::unbounded_channel();
         let (mail_tx, mail) = mpsc::unbounded_channel();
-        let (status_tx, status) = watch::channel(Status::new(name.clone()));
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut status = Status::new(name.clone());
+        let mut queue = VecDeque::new();
+        if start {
+            // The start is the task's first input, and from a stopped machine it always
+            // leads to `starting`: the first status says so, so no one waiting on the status
+            // sees the process at rest before it even began.
+            queue.push_back(Input::Start);
+            status.state = processcontrol_core::StateName::Starting;
+        }
+        let (status_tx, status) = watch::channel(status);
+        let events = ports.events.clone();
         let driver = Driver {
             name: name.clone(),
             machine,
@@ -62,8 +74,7 @@ impl Supervisor {
             facts,
             mail,
             status: status_tx,
-            events: events.clone(),
-            queue: VecDeque::new(),
+            queue,
             last_error: None,
             usage: None,
             closing: false,
@@ -93,10 +104,14 @@ impl Supervisor {
         self.status.clone()
     }
 
-    /// Every event from now on. A subscriber that lags more than 1024 events behind is told how
-    /// many it missed; it never slows the process down.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    /// Every event of this process from now on. Events travel on one stream shared by the
+    /// processes of a host (so 500 processes do not each hold a buffer); a subscriber that
+    /// falls too far behind is told how many it missed, and never slows anything down.
+    pub fn subscribe(&self) -> Events {
+        Events {
+            rx: self.events.subscribe(),
+            process: self.name.clone(),
+        }
     }
 
     /// Starts the process (also closes the breaker and ends any crash streak).
@@ -175,5 +190,34 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         // The task notices the closed mailbox and stops the process gracefully.
         let _ = self.mail.send(Mail::Shutdown);
+    }
+}
+
+/// The events of one process.
+#[derive(Debug)]
+pub struct Events {
+    rx: broadcast::Receiver<Event>,
+    process: Arc<str>,
+}
+
+impl Events {
+    /// The next event of this process.
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        loop {
+            let event = self.rx.recv().await?;
+            if event.process == self.process {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next event of this process, if one is already there.
+    pub fn try_recv(&mut self) -> Result<Event, broadcast::error::TryRecvError> {
+        loop {
+            let event = self.rx.try_recv()?;
+            if event.process == self.process {
+                return Ok(event);
+            }
+        }
     }
 }

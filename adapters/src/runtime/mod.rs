@@ -7,7 +7,7 @@ mod handle;
 mod status;
 
 pub use event::{now_rfc3339, Event, What};
-pub use handle::{CommandError, Supervisor};
+pub use handle::{CommandError, Events, Supervisor};
 pub use status::Status;
 
 #[cfg(test)]

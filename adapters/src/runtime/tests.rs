@@ -9,7 +9,7 @@ use mockall::Sequence;
 use processcontrol_core::{ExitStatus, Input, Instance, Policy, Signal, StateName};
 use tokio::time::timeout;
 
-use super::{Event, Supervisor, What};
+use super::{Supervisor, What};
 use crate::ports::{MockProcesses, MockWatchers, Ports, Reporter, TokioClock};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -28,6 +28,7 @@ fn ports(processes: MockProcesses) -> Ports {
         processes: Arc::new(processes),
         watchers: Arc::new(watchers),
         clock: Arc::new(TokioClock::new()),
+        events: tokio::sync::broadcast::channel(64).0,
     }
 }
 
@@ -42,9 +43,7 @@ fn reporter_of(reporters: &Reporters, instance: u64) -> Reporter {
         .expect("spawned")
 }
 
-async fn next_transition(
-    events: &mut tokio::sync::broadcast::Receiver<Event>,
-) -> (StateName, StateName) {
+async fn next_transition(events: &mut super::Events) -> (StateName, StateName) {
     loop {
         let event = timeout(WAIT, events.recv())
             .await
@@ -282,6 +281,7 @@ async fn watch_effect_reaches_the_watchers_with_the_pid() {
         processes: Arc::new(processes),
         watchers: Arc::new(watchers),
         clock: Arc::new(TokioClock::new()),
+        events: tokio::sync::broadcast::channel(64).0,
     };
     let sup = Supervisor::launch("probed", p, ports).unwrap();
     timeout(WAIT, sup.wait_for(|s| s.state == StateName::Running))

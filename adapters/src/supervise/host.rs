@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::runtime::Event;
 
 use super::os_processes::{CgroupPlan, OsProcesses};
 use super::spec::{Echo, ProcessSpec, SpecErrors};
@@ -68,6 +70,8 @@ pub struct Host {
     printer: mpsc::Sender<PrintLine>,
     next_tag: AtomicU64,
     rings: Mutex<Vec<(Arc<str>, Arc<LogRing>)>>,
+    /// One event stream for every process (4096 events of buffer in all, not per process).
+    events: broadcast::Sender<Event>,
     /// The parent of every instance cgroup, created on first use by a spec that asks for
     /// cgroups; `None` inside once they turned out unavailable (said once, in a warning).
     cgroups: OnceLock<Option<Arc<CgroupParent>>>,
@@ -101,6 +105,7 @@ impl Host {
             printer,
             next_tag: AtomicU64::new(1),
             rings: Mutex::new(Vec::new()),
+            events: broadcast::channel(4096).0,
             cgroups: OnceLock::new(),
         }))
     }
@@ -108,6 +113,12 @@ impl Host {
     /// The host of this OS process, created on first use on the current tokio runtime (with
     /// the default options). Applications with one runtime can use it and forget about hosts.
     pub fn global() -> Result<Arc<Host>, SuperviseError> {
+        // Creation is serialized: two callers racing would both try to start a launcher, and
+        // there may be only one.
+        static CREATING: Mutex<()> = Mutex::new(());
+        let _creating = CREATING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(host) = GLOBAL.get() {
             return Ok(host.clone());
         }
@@ -143,6 +154,11 @@ impl Host {
                     .collect(),
             })?,
         )
+    }
+
+    /// Every event of every process of this host from now on.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// The output ring of a supervised process, for `logs`.
@@ -213,6 +229,7 @@ impl Host {
             processes: Arc::new(processes),
             watchers: Arc::new(watchers),
             clock: Arc::new(TokioClock::new()),
+            events: self.events.clone(),
         };
         Ok((spec.name.clone(), spec.effective_policy(), ports))
     }

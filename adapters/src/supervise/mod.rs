@@ -1,11 +1,13 @@
 //! Supervising real processes: a process specification, the real ports (launcher, log
 //! capture, probes, sampler) behind the runtime, and the host they share.
 
+mod group;
 mod host;
 mod os_processes;
 mod spec;
 mod watchers;
 
+pub use group::{Condition, Counters, Group, GroupError, Member, MemberStatus, ReloadReport};
 pub use host::{Host, HostConfig, SuperviseError};
 pub use spec::{
     CgroupSpec, CheckSpec, Echo, LogSpec, ProbeSpec, ProbeSpecs, ProcessSpec, SpecErrors,

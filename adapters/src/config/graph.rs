@@ -1,0 +1,161 @@
+//! The dependency graph: every `depends_on` must name a process of the file and no process
+//! may wait for itself, directly or through others. Iterative walks only, so a huge generated
+//! file cannot overflow the stack.
+
+use std::collections::HashMap;
+
+use super::error::{ErrorKind, Report};
+use super::process::Dependency;
+use super::value::{join, quote};
+
+/// One process's edges, for the checks.
+pub(crate) struct Node<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) deps: &'a [Dependency],
+}
+
+/// Reports unknown dependencies and every cycle a depth-first walk meets (each at the edge
+/// that closes it). `all_names` also holds processes whose tables had errors, so that a
+/// dependency on them is not reported as unknown too.
+pub(crate) fn check(r: &mut Report<'_>, nodes: &[Node<'_>], all_names: &[&str]) {
+    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
+    for node in nodes {
+        for dep in node.deps {
+            if all_names.contains(&dep.name.as_str()) {
+                continue;
+            }
+            let near = all_names
+                .iter()
+                .filter(|n| **n != node.name)
+                .copied()
+                .collect::<Vec<_>>();
+            let expected = if near.is_empty() {
+                "the name of another process in this file".to_string()
+            } else {
+                format!("one of {}", super::value::list(&near))
+            };
+            r.error(
+                &dep.span,
+                ErrorKind::UnknownDependency,
+                format!(
+                    "{}: unknown process `{}`",
+                    join(&join("processes", node.name), "depends_on"),
+                    dep.name
+                ),
+                expected,
+                quote(&dep.name),
+            );
+        }
+    }
+
+    // Edges as indices (unknown names dropped), in file order.
+    let edges: Vec<Vec<(usize, usize)>> = nodes
+        .iter()
+        .map(|n| {
+            n.deps
+                .iter()
+                .enumerate()
+                .filter_map(|(d, dep)| index.get(dep.name.as_str()).map(|&to| (to, d)))
+                .collect()
+        })
+        .collect();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; nodes.len()];
+    for root in 0..nodes.len() {
+        if mark[root] != Mark::New {
+            continue;
+        }
+        // The current path: (node, next edge to follow).
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = Mark::OnPath;
+        while let Some(top) = path.last_mut() {
+            let (node, next) = *top;
+            let Some(&(to, dep)) = edges[node].get(next) else {
+                mark[node] = Mark::Done;
+                path.pop();
+                continue;
+            };
+            top.1 += 1;
+            match mark[to] {
+                Mark::New => {
+                    mark[to] = Mark::OnPath;
+                    path.push((to, 0));
+                }
+                Mark::OnPath => {
+                    let start = path.iter().position(|(n, _)| *n == to).unwrap_or(0);
+                    let mut names: Vec<&str> =
+                        path[start..].iter().map(|(n, _)| nodes[*n].name).collect();
+                    names.push(nodes[to].name);
+                    let found = match names.len() - 1 {
+                        1 => "a process that waits for itself".to_string(),
+                        n => format!("{n} processes that wait for each other"),
+                    };
+                    r.error(
+                        &nodes[node].deps[dep].span,
+                        ErrorKind::DependencyCycle,
+                        format!("dependency cycle: {}", names.join(" -> ")),
+                        "dependencies without cycles",
+                        found,
+                    );
+                }
+                Mark::Done => {}
+            }
+        }
+    }
+}
+
+/// Start layers: each process after everything it depends on, independent processes in the
+/// same layer, file order within a layer. Unknown names are ignored; processes left on a cycle
+/// (a config `parse` accepted has none) form a last layer rather than being dropped.
+pub(crate) fn layers<'a>(nodes: &[(&'a str, Vec<&'a str>)]) -> Vec<Vec<String>> {
+    let index: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (*n, i))
+        .collect();
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|(_, d)| d.iter().filter_map(|n| index.get(n).copied()).collect())
+        .collect();
+    // Kahn's algorithm: a process's layer is one more than its deepest dependency's.
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut waiting: Vec<usize> = vec![0; nodes.len()];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+            waiting[i] += 1;
+        }
+    }
+    let mut layer: Vec<Option<usize>> = vec![None; nodes.len()];
+    let mut queue: std::collections::VecDeque<usize> =
+        (0..nodes.len()).filter(|&i| waiting[i] == 0).collect();
+    let mut depth = vec![0usize; nodes.len()];
+    while let Some(i) = queue.pop_front() {
+        layer[i] = Some(depth[i]);
+        for &j in &dependents[i] {
+            depth[j] = depth[j].max(depth[i] + 1);
+            waiting[j] -= 1;
+            if waiting[j] == 0 {
+                queue.push_back(j);
+            }
+        }
+    }
+    let count = layer.iter().flatten().max().map_or(0, |m| m + 1);
+    let mut layers: Vec<Vec<String>> = vec![Vec::new(); count];
+    let mut rest = Vec::new();
+    for (i, l) in layer.iter().enumerate() {
+        match l {
+            Some(l) => layers[*l].push(nodes[i].0.to_string()),
+            None => rest.push(nodes[i].0.to_string()),
+        }
+    }
+    if !rest.is_empty() {
+        layers.push(rest);
+    }
+    layers
+}

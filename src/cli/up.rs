@@ -1,0 +1,267 @@
+//! `processcontrol up`: a foreground daemon supervising the processes of a TOML file, with a
+//! control socket, reload on SIGHUP, and optional Prometheus metrics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use processcontrol::adapters::config::{self, Config};
+use processcontrol::adapters::control::{self, Handler, Reply, Request};
+use processcontrol::adapters::metrics;
+use processcontrol::adapters::supervise::{Echo, Group, Host, HostConfig, Member};
+use serde_json::{json, Value};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, Notify};
+
+use super::exit;
+
+/// Loads and validates a configuration; prints every error (file:line:column) on failure.
+pub fn load(path: &Path) -> Result<Config, u8> {
+    config::load(path).map_err(|errors| {
+        for error in &errors.0 {
+            eprintln!("{error}");
+        }
+        eprintln!(
+            "processcontrol: {} error(s) in {}; nothing was started",
+            errors.0.len(),
+            path.display()
+        );
+        exit::USAGE
+    })
+}
+
+/// The group's members as the configuration describes them; in the foreground every line of
+/// output is prefixed with its process's name.
+fn members(config: &Config) -> Vec<Member> {
+    config
+        .processes
+        .iter()
+        .map(|entry| {
+            let mut spec = entry.spec.clone();
+            spec.logs.echo = Echo::Prefixed;
+            // Each process its own jitter, stable across reloads of the same name.
+            spec.policy.seed = entry.fingerprint;
+            Member {
+                spec,
+                depends_on: entry.depends_on.clone(),
+                fingerprint: entry.fingerprint,
+            }
+        })
+        .collect()
+}
+
+/// Runs the daemon until `shutdown` (request or signal); returns the exit status.
+pub fn up(
+    config_path: PathBuf,
+    socket: Option<PathBuf>,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> u8 {
+    let config = match load(&config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::usage(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let socket = socket
+            .or_else(|| config.supervisor.socket.clone())
+            .unwrap_or_else(control::default_socket_path);
+        let host = match Host::new(HostConfig::default()) {
+            Ok(host) => host,
+            Err(e) => return exit::usage(&e.to_string()),
+        };
+        let group = Group::new(host.clone());
+        let daemon = Arc::new(Daemon {
+            group: group.clone(),
+            host,
+            config_path: config_path.clone(),
+            shutdown: Notify::new(),
+        });
+        // Bound before anything starts: a second daemon on the same socket fails early.
+        let server = match control::Server::bind(&socket).await {
+            Ok(server) => server,
+            Err(e) => return exit::usage(&e.to_string()),
+        };
+        let metrics_task = match metrics_addr.or(config.supervisor.metrics) {
+            Some(addr) => match metrics::serve(addr, group.clone()).await {
+                Ok((bound, task)) => {
+                    tracing::info!(%bound, "serving metrics");
+                    Some(task)
+                }
+                Err(e) => return exit::usage(&e.to_string()),
+            },
+            None => None,
+        };
+        if let Err(e) = group.apply(members(&config)).await {
+            group.shutdown().await;
+            return exit::usage(&e.to_string());
+        }
+        tracing::info!(socket = %socket.display(), processes = config.processes.len(), "up");
+        let handler: Arc<dyn Handler> = daemon.clone();
+        let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(handler, serving_stopped));
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return exit::usage("cannot install signal handlers");
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                () = daemon.shutdown.notified() => break,
+                _ = hup.recv() => match daemon.reload().await {
+                    Ok(report) => tracing::info!(?report, "reloaded"),
+                    Err(errors) => tracing::error!(%errors, "reload rejected; the running set is unchanged"),
+                },
+            }
+        }
+        tracing::info!("shutting down");
+        group.shutdown().await;
+        // The control socket answers status until every process is down.
+        let _ = stop_serving.send(());
+        let _ = serving.await;
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
+        0
+    })
+}
+
+/// Answers control requests.
+struct Daemon {
+    group: Arc<Group>,
+    host: Arc<Host>,
+    config_path: PathBuf,
+    shutdown: Notify,
+}
+
+impl Daemon {
+    async fn reload(&self) -> Result<Value, String> {
+        let config = config::load(&self.config_path).map_err(|e| e.to_string())?;
+        let report = self
+            .group
+            .apply(members(&config))
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(report).map_err(|e| e.to_string())
+    }
+
+    /// Runs `f` on the named process, or on every one with `all`.
+    fn each(
+        &self,
+        name: Option<String>,
+        all: bool,
+        f: impl Fn(&processcontrol::Supervisor) -> Result<(), processcontrol::CommandError>,
+    ) -> Result<Value, String> {
+        let names = match (name, all) {
+            (Some(name), false) => vec![name],
+            (None, true) => self.group.names(),
+            _ => return Err("give a process name or --all".into()),
+        };
+        for name in &names {
+            let sup = self.group.get(name).map_err(|e| e.to_string())?;
+            f(&sup).map_err(|e| e.to_string())?;
+        }
+        Ok(json!({ "processes": names }))
+    }
+}
+
+#[async_trait]
+impl Handler for Daemon {
+    async fn handle(&self, request: Request) -> Reply {
+        let done = |r: Result<Value, String>| Reply::Done(r);
+        match request {
+            Request::Status { name } => {
+                let all = self.group.status();
+                let selected: Vec<_> = all
+                    .into_iter()
+                    .filter(|s| name.as_deref().is_none_or(|n| &*s.status.name == n))
+                    .collect();
+                if let (Some(name), true) = (&name, selected.is_empty()) {
+                    return done(Err(format!("no process named {name:?}")));
+                }
+                done(serde_json::to_value(selected).map_err(|e| e.to_string()))
+            }
+            Request::Start { name, all } => done(self.each(name, all, |s| s.start())),
+            Request::Stop {
+                name,
+                all,
+                grace_ms,
+            } => {
+                let grace = grace_ms.map(std::time::Duration::from_millis);
+                done(self.each(name, all, |s| s.stop(grace)))
+            }
+            Request::Restart { name } => done(self.each(Some(name), false, |s| s.restart())),
+            Request::Kill { name } => done(self.each(Some(name), false, |s| s.kill())),
+            Request::Reset { name } => done(self.each(Some(name), false, |s| s.reset_breaker())),
+            Request::Logs {
+                name,
+                follow,
+                lines,
+            } => {
+                let Some(ring) = self.host.logs(&name) else {
+                    return done(Err(format!("no process named {name:?}")));
+                };
+                let n = lines.unwrap_or(100);
+                if !follow {
+                    return done(serde_json::to_value(ring.tail(n)).map_err(|e| e.to_string()));
+                }
+                let (tail, mut follower) = ring.follow(n);
+                let (tx, rx) = mpsc::channel(256);
+                tokio::spawn(async move {
+                    for line in tail {
+                        if tx.send(json!(line)).await.is_err() {
+                            return;
+                        }
+                    }
+                    use processcontrol::adapters::logs::FollowEvent;
+                    while let Some(event) = follower.next().await {
+                        let value = match event {
+                            FollowEvent::Line(line) => json!(line),
+                            FollowEvent::Missed(n) => json!({ "missed": n }),
+                        };
+                        if tx.send(value).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Reply::Stream(rx)
+            }
+            Request::Events { follow } => {
+                let (history, mut live) = self.group.follow();
+                if !follow {
+                    return done(serde_json::to_value(history).map_err(|e| e.to_string()));
+                }
+                let (tx, rx) = mpsc::channel(256);
+                tokio::spawn(async move {
+                    loop {
+                        let value = match live.recv().await {
+                            Ok(event) => json!(event),
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                json!({ "missed": n })
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        };
+                        if tx.send(value).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Reply::Stream(rx)
+            }
+            Request::Reload => done(self.reload().await),
+            Request::Shutdown => {
+                self.shutdown.notify_one();
+                done(Ok(json!({ "shutting_down": true })))
+            }
+        }
+    }
+}

@@ -49,11 +49,18 @@ pub enum Command {
         socket: SocketArg,
     },
     /// Start a process, or all with --all.
-    Start(Target),
+    Start {
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Stop a process, or all with --all, gracefully.
     Stop {
         #[command(flatten)]
         target: Target,
+        #[command(flatten)]
+        socket: SocketArg,
         /// Grace period before the kill [default: the process's stop.grace].
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         grace: Option<Duration>,
@@ -134,8 +141,6 @@ pub struct Target {
     /// Every process.
     #[arg(long)]
     pub all: bool,
-    #[command(flatten)]
-    pub socket: SocketArg,
 }
 
 /// One process name.

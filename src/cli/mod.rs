@@ -34,6 +34,16 @@ pub fn main() -> u8 {
             let rendered = e.to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let mut line = first.trim_start_matches("error: ").to_string();
+            if line.ends_with(':') {
+                // clap lists the missing arguments on the following lines.
+                let rest: Vec<&str> = rendered
+                    .lines()
+                    .skip(1)
+                    .map(str::trim)
+                    .take_while(|l| !l.is_empty())
+                    .collect();
+                line = format!("{line} {}", rest.join(", "));
+            }
             if let Some(values) = rendered
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("[possible values: "))
@@ -64,16 +74,23 @@ pub fn main() -> u8 {
             json,
             socket: s,
         } => client::call(&socket(s), Request::Status { name }, json),
-        Command::Start(t) => client::call(
-            &socket(t.socket),
+        Command::Start {
+            target: t,
+            socket: s,
+        } => client::call(
+            &socket(s),
             Request::Start {
                 name: t.name,
                 all: t.all,
             },
             false,
         ),
-        Command::Stop { target: t, grace } => client::call(
-            &socket(t.socket),
+        Command::Stop {
+            target: t,
+            socket: s,
+            grace,
+        } => client::call(
+            &socket(s),
             Request::Stop {
                 name: t.name,
                 all: t.all,

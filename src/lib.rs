@@ -38,8 +38,8 @@ pub use processcontrol_core as core;
 
 pub use processcontrol_adapters::runtime::{CommandError, Event, Events, Status, Supervisor, What};
 pub use processcontrol_adapters::supervise::{
-    CgroupSpec, CheckSpec, Echo, Host, HostConfig, LogSpec, ProbeSpec, ProcessSpec, SpecErrors,
-    SuperviseError,
+    CgroupSpec, CheckSpec, Echo, Host, HostConfig, LogSpec, NotifySpec, ProbeSpec, ProcessSpec,
+    SpecErrors, SuperviseError,
 };
 pub use processcontrol_core::{
     BackoffPolicy, BreakerPolicy, Cooldown, ExitStatus, LimitAction, LimitRule, Policy, Resource,

@@ -399,3 +399,51 @@ fn invalid_specs_are_rejected_before_anything_starts() {
         }
     });
 }
+
+/// A program written for systemd's `Type=notify`: `READY=1` makes it ready, and once its
+/// watchdog pings stop, it is restarted as a liveness failure.
+#[test]
+fn sd_notify_readiness_and_watchdog() {
+    run(async {
+        let script = r#"
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+addr = os.environ['NOTIFY_SOCKET']
+assert os.environ['WATCHDOG_USEC'] == '300000'
+s.sendto(b'READY=1\nSTATUS=serving', addr)
+for _ in range(10):
+    s.sendto(b'WATCHDOG=1', addr)
+    time.sleep(0.1)
+print('pings stopped', flush=True)
+time.sleep(1000)
+"#;
+        let spec = ProcessSpec::new("notifier", ["python3", "-c", script])
+            .notify(processcontrol::NotifySpec {
+                watchdog: Some(Duration::from_millis(300)),
+            })
+            .backoff(fast_backoff());
+        let sup = host().spawn(spec).unwrap();
+        let mut events = sup.subscribe();
+        let ready = wait_for(&sup, "ready", |s| s.ready).await;
+        assert_eq!(ready.instance, Some(1));
+        // Pinging for a second keeps it alive; then the missing pings restart it.
+        let restarted = tokio::time::timeout(support::WAIT, async {
+            loop {
+                if let What::Transition {
+                    cause: "liveness_failed",
+                    ..
+                } = events.recv().await.unwrap().what
+                {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            restarted.is_ok(),
+            "restarted when the watchdog pings stopped"
+        );
+        sup.shutdown().await;
+        assert_no_zombies().await;
+    });
+}

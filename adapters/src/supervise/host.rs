@@ -3,6 +3,7 @@
 //! machine task and ports on top of it.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::runtime::Event;
 
-use super::os_processes::{CgroupPlan, OsProcesses};
+use super::os_processes::{CgroupPlan, NotifyPlan, OsProcesses};
 use super::spec::{Echo, ProcessSpec, SpecErrors};
 use super::watchers::{OsWatchers, Sampling};
 use crate::cgroup::{CgroupParent, Cgroups};
@@ -44,6 +45,9 @@ pub enum SuperviseError {
     /// The resource sampler could not start (no /proc).
     #[error("cannot start the resource sampler: {0}")]
     Sampler(#[from] SampleError),
+    /// The directory for notify sockets could not be created.
+    #[error("notify sockets: {0}")]
+    Notify(String),
 }
 
 /// Options of a host.
@@ -75,6 +79,8 @@ pub struct Host {
     /// The parent of every instance cgroup, created on first use by a spec that asks for
     /// cgroups; `None` inside once they turned out unavailable (said once, in a warning).
     cgroups: OnceLock<Option<Arc<CgroupParent>>>,
+    /// The private directory of notify sockets, created on first use.
+    notify_dir: OnceLock<Result<PathBuf, String>>,
 }
 
 static GLOBAL: OnceLock<Arc<Host>> = OnceLock::new();
@@ -107,6 +113,7 @@ impl Host {
             rings: Mutex::new(Vec::new()),
             events: broadcast::channel(4096).0,
             cgroups: OnceLock::new(),
+            notify_dir: OnceLock::new(),
         }))
     }
 
@@ -223,6 +230,14 @@ impl Host {
                     tag,
                 })
             }),
+            notify: match spec.notify {
+                Some(notify) => Some(NotifyPlan {
+                    spec: notify,
+                    dir: self.notify_dir()?,
+                    tag,
+                }),
+                None => None,
+            },
         };
         let watchers = OsWatchers::new(&spec.probes, &self.launcher, self.sampling.clone(), tag);
         let ports = Ports {
@@ -278,6 +293,32 @@ impl Drop for Host {
         if let Some(Some(parent)) = self.cgroups.get() {
             parent.remove_empty();
         }
+        if let Some(Ok(dir)) = self.notify_dir.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Host {
+    /// `$XDG_RUNTIME_DIR/processcontrol-<pid>` (or under the temp dir), mode 0700: only this
+    /// user may reach the sockets inside, whose own mode lets dropped-privilege children send.
+    fn notify_dir(&self) -> Result<PathBuf, SuperviseError> {
+        self.notify_dir
+            .get_or_init(|| {
+                use std::os::unix::fs::DirBuilderExt;
+                let base = std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(PathBuf::from)
+                    .filter(|p| p.is_absolute())
+                    .unwrap_or_else(std::env::temp_dir);
+                let dir = base.join(format!("processcontrol-{}", std::process::id()));
+                match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                    Ok(()) => Ok(dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+                    Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+                }
+            })
+            .clone()
+            .map_err(SuperviseError::Notify)
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod group;
 mod host;
+mod notify_watch;
 mod os_processes;
 mod spec;
 mod watchers;
@@ -10,6 +11,6 @@ mod watchers;
 pub use group::{Condition, Counters, Group, GroupError, Member, MemberStatus, ReloadReport};
 pub use host::{Host, HostConfig, SuperviseError};
 pub use spec::{
-    CgroupSpec, CheckSpec, Echo, LogSpec, ProbeSpec, ProbeSpecs, ProcessSpec, SpecErrors,
-    SpecProblem,
+    CgroupSpec, CheckSpec, Echo, LogSpec, NotifySpec, ProbeSpec, ProbeSpecs, ProcessSpec,
+    SpecErrors, SpecProblem,
 };

@@ -14,7 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use processcontrol_core::{ExitStatus, Input, Instance, Pid, Signal, SpawnError};
 
-use super::spec::CgroupSpec;
+use super::notify_watch::NotifyWatch;
+use super::spec::{CgroupSpec, NotifySpec};
 use crate::cgroup::{CgroupParent, InstanceCgroup};
 use crate::logs::{Capture, FileSink, LogRing, Printer, Stream};
 use crate::ports::{Processes, Reporter, SpawnFailure};
@@ -33,6 +34,17 @@ pub(crate) struct OsProcesses {
     /// Where each instance's cgroup is created, when the spec asks for one and the host
     /// could create its parent cgroup.
     pub(crate) cgroup: Option<CgroupPlan>,
+    /// Where each instance's notify socket is served, when the spec asks for the protocol.
+    pub(crate) notify: Option<NotifyPlan>,
+}
+
+/// How the instances of one process get their `NOTIFY_SOCKET`.
+pub(crate) struct NotifyPlan {
+    pub(crate) spec: NotifySpec,
+    /// The host's private directory for sockets.
+    pub(crate) dir: std::path::PathBuf,
+    /// The host's number for this process (socket names must not collide).
+    pub(crate) tag: u64,
 }
 
 /// How the instances of one process get their cgroups.
@@ -58,6 +70,34 @@ impl Processes for OsProcesses {
         let mut command = self.command.clone();
         let cgroup = self.create_cgroup(instance);
         command.cgroup = cgroup.clone();
+        let notify = match &self.notify {
+            Some(plan) => {
+                // One socket per instance: a message on it can only be about this instance.
+                let tag = plan.tag.wrapping_mul(1 << 20).wrapping_add(instance.0);
+                match NotifyWatch::start(
+                    &plan.dir,
+                    tag,
+                    instance,
+                    plan.spec.watchdog,
+                    report.clone(),
+                ) {
+                    Ok((watch, path)) => {
+                        command = command.env("NOTIFY_SOCKET", path);
+                        if let Some(w) = plan.spec.watchdog {
+                            command = command.env("WATCHDOG_USEC", w.as_micros().to_string());
+                        }
+                        Some(watch)
+                    }
+                    Err(e) => {
+                        return Err(SpawnFailure {
+                            error: SpawnError::InvalidSpec,
+                            message: format!("cannot serve NOTIFY_SOCKET: {e}"),
+                        })
+                    }
+                }
+            }
+            None => None,
+        };
         let mut child = match self.launcher.spawn(command).await {
             Ok(child) => child,
             Err(e) => {
@@ -85,6 +125,9 @@ impl Processes for OsProcesses {
             }
         }
         let pid = child.pid();
+        if let Some(notify) = &notify {
+            notify.spawned(pid);
+        }
         let watch = child.watch();
         self.children
             .lock()
@@ -102,6 +145,8 @@ impl Processes for OsProcesses {
                 report.fact(Input::Exited { instance, status });
             }
             if watch.gone().await.is_ok() {
+                // Nothing of the instance is left to notify.
+                drop(notify);
                 // Removed before `Gone` is reported, so that whoever reacts to it finds no
                 // leftover (the next instance's cgroup has another name anyway).
                 if let Some(cgroup) = &cgroup {

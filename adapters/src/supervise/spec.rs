@@ -24,6 +24,10 @@ pub struct ProcessSpec {
     pub probes: ProbeSpecs,
     /// Where the output goes besides the in-memory ring.
     pub logs: LogSpec,
+    /// Serve a `NOTIFY_SOCKET` to each instance, for programs written for systemd's
+    /// `Type=notify`: `READY=1` makes it ready, and with a watchdog, missing `WATCHDOG=1`
+    /// pings are liveness failures.
+    pub notify: Option<NotifySpec>,
     /// Give each instance its own cgroup (where the host allows it), with an optional hard
     /// memory limit. `None`: process group and markers only.
     pub cgroup: Option<CgroupSpec>,
@@ -171,6 +175,14 @@ impl ProbeSpec {
     }
 }
 
+/// The sd_notify protocol for one process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotifySpec {
+    /// The longest the program may go without a `WATCHDOG=1` ping (it is told through
+    /// `WATCHDOG_USEC`); each missed interval is a failed liveness check.
+    pub watchdog: Option<Duration>,
+}
+
 /// Where a process's output goes.
 #[derive(Clone, Debug)]
 pub struct LogSpec {
@@ -273,6 +285,7 @@ impl ProcessSpec {
             policy: Policy::default(),
             probes: ProbeSpecs::default(),
             logs: LogSpec::default(),
+            notify: None,
             cgroup: None,
         }
     }
@@ -342,6 +355,12 @@ impl ProcessSpec {
         self
     }
 
+    /// Serves a `NOTIFY_SOCKET` to each instance (systemd's `Type=notify` protocol).
+    pub fn notify(mut self, notify: NotifySpec) -> Self {
+        self.notify = Some(notify);
+        self
+    }
+
     /// Sets the log options.
     pub fn logs(mut self, logs: LogSpec) -> Self {
         self.logs = logs;
@@ -369,6 +388,17 @@ impl ProcessSpec {
         policy.health.liveness = self.probes.liveness.as_ref().map(ProbeSpec::thresholds);
         policy.health.readiness = self.probes.readiness.as_ref().map(ProbeSpec::thresholds);
         policy.health.startup = self.probes.startup.as_ref().map(ProbeSpec::thresholds);
+        // READY=1 and WATCHDOG=1 are results like any probe's: one decides.
+        let once = Thresholds {
+            failure_threshold: 1,
+            success_threshold: 1,
+        };
+        if let Some(notify) = self.notify {
+            policy.health.readiness.get_or_insert(once);
+            if notify.watchdog.is_some() {
+                policy.health.liveness.get_or_insert(once);
+            }
+        }
         policy
     }
 

@@ -1,0 +1,93 @@
+//! The sd_notify protocol for one instance: a `NOTIFY_SOCKET` served before the spawn, its
+//! `READY=1` reported as a passed readiness check, its `WATCHDOG=1` pings as passed liveness
+//! checks, and every watchdog interval without a ping as a failed one. The core counts them
+//! like any probe's results.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use processcontrol_core::{Input, Instance, ProbeResult, ProbeRole};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::notify::{Notification, NotifyError, NotifySocket};
+use crate::ports::Reporter;
+
+/// A served notify socket; dropping it stops serving and removes the socket file.
+pub(crate) struct NotifyWatch {
+    /// The instance's leader, once spawned: only members of its process group may notify.
+    leader: Arc<AtomicU32>,
+    task: JoinHandle<()>,
+}
+
+impl NotifyWatch {
+    /// Serves `<dir>/notify-<tag>.sock` for `instance`; returns it and the path for
+    /// `NOTIFY_SOCKET`.
+    pub(crate) fn start(
+        dir: &Path,
+        tag: u64,
+        instance: Instance,
+        watchdog: Option<Duration>,
+        report: Reporter,
+    ) -> Result<(NotifyWatch, PathBuf), NotifyError> {
+        let leader = Arc::new(AtomicU32::new(0));
+        let member_of = leader.clone();
+        // A message counts only from the instance's own process group.
+        let is_member = move |pid: u32| {
+            let leader = member_of.load(Ordering::Acquire);
+            leader != 0
+                && nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32)))
+                    .is_ok_and(|pgid| pgid.as_raw() as u32 == leader)
+        };
+        let (tx, mut rx) = mpsc::channel(64);
+        let socket = NotifySocket::bind(dir, tag, is_member, tx)?;
+        let path = socket.path().to_path_buf();
+        let task = tokio::spawn(async move {
+            let _socket = socket;
+            let probe = |role, result| Input::Probe {
+                instance,
+                role,
+                result,
+            };
+            let period = watchdog.unwrap_or(Duration::from_secs(86_400 * 365));
+            let deadline = tokio::time::sleep(period);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    message = rx.recv() => {
+                        let Some(message) = message else { return };
+                        for note in message.notes {
+                            match note {
+                                Notification::Ready => report.fact(probe(ProbeRole::Readiness, ProbeResult::Pass)),
+                                Notification::Watchdog if watchdog.is_some() => {
+                                    report.fact(probe(ProbeRole::Liveness, ProbeResult::Pass));
+                                    deadline.as_mut().reset(tokio::time::Instant::now() + period);
+                                }
+                                Notification::Status(text) => tracing::info!(%instance, status = %text, "notify"),
+                                other => tracing::debug!(%instance, ?other, "notify"),
+                            }
+                        }
+                    }
+                    () = &mut deadline, if watchdog.is_some() => {
+                        report.fact(probe(ProbeRole::Liveness, ProbeResult::Fail));
+                        deadline.as_mut().reset(tokio::time::Instant::now() + period);
+                    }
+                }
+            }
+        });
+        Ok((NotifyWatch { leader, task }, path))
+    }
+
+    /// The instance started with this leader: its group may notify from now on.
+    pub(crate) fn spawned(&self, leader: u32) {
+        self.leader.store(leader, Ordering::Release);
+    }
+}
+
+impl Drop for NotifyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

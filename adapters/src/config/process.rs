@@ -15,7 +15,7 @@ use processcontrol_core::{
 use toml::de::DeValue;
 
 use crate::process::{EnvBase, Identity};
-use crate::supervise::{CgroupSpec, LogSpec, ProcessSpec};
+use crate::supervise::{CgroupSpec, LogSpec, NotifySpec, ProcessSpec};
 
 use super::error::{ErrorKind, Report};
 use super::probe::probe;
@@ -24,7 +24,7 @@ use super::value::{self, join, quote, Key, Table, Value};
 use super::Condition;
 
 /// The keys of a process table.
-pub(crate) const KEYS: [&str; 18] = [
+pub(crate) const KEYS: [&str; 19] = [
     "command",
     "env",
     "clear_env",
@@ -43,6 +43,7 @@ pub(crate) const KEYS: [&str; 18] = [
     "depends_on",
     "logs",
     "cgroup",
+    "notify",
 ];
 
 /// The longest process name: it ends up in file names and status tables.
@@ -210,6 +211,7 @@ pub(crate) fn process(
     spec.policy.limits = limits(r, &t);
     spec.logs = logs(r, g, &t);
     spec.cgroup = cgroup(r, &t);
+    spec.notify = notify(r, &t);
     let depends_on = depends_on(r, &t);
 
     let clean = r.count() == before;
@@ -777,6 +779,37 @@ fn cgroup(r: &mut Report<'_>, t: &Table<'_, '_>) -> Option<CgroupSpec> {
                 &path,
                 v,
                 "true, false or a table such as { memory_max = \"1GiB\" }",
+            );
+            None
+        }
+    }
+}
+
+/// `notify = true`, or `notify = { watchdog = "10s" }`: serve a NOTIFY_SOCKET (systemd's
+/// `Type=notify`), with an optional watchdog.
+fn notify(r: &mut Report<'_>, t: &Table<'_, '_>) -> Option<NotifySpec> {
+    let (k, v) = t.entry("notify")?;
+    let path = t.path_of("notify");
+    match v.get_ref() {
+        DeValue::Boolean(on) => on.then(NotifySpec::default),
+        DeValue::Table(table) => {
+            let s = Table {
+                path: &path,
+                span: k.span(),
+                table,
+            };
+            s.check_keys(r, &["watchdog"]);
+            let watchdog = s
+                .get("watchdog")
+                .and_then(|v| value::positive_duration(r, &s.path_of("watchdog"), v));
+            Some(NotifySpec { watchdog })
+        }
+        _ => {
+            value::wrong_type(
+                r,
+                &path,
+                v,
+                "true, false or a table such as { watchdog = \"10s\" }",
             );
             None
         }

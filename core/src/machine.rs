@@ -135,6 +135,21 @@ struct Drain {
     then: Then,
 }
 
+impl Drain {
+    /// Draining an instance whose spawn is not answered yet: the signal (or the kill) waits
+    /// for its `Spawned`; a `SpawnFailed` completes the drain.
+    fn unconfirmed(instance: Instance, deadline: Timestamp, escalated: bool, then: Rest) -> Drain {
+        Drain {
+            instance,
+            pid: None,
+            exited: false,
+            deadline,
+            escalated,
+            then: Then::Rest(then),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Then {
     Rest(Rest),
@@ -397,14 +412,12 @@ impl Machine {
             }
             Phase::Idle(_) => s.ignore(IgnoreReason::NotApplicable),
             Phase::Spawning { instance, .. } => {
-                self.phase = Phase::Draining(Drain {
-                    instance: *instance,
-                    pid: None,
-                    exited: false,
+                self.phase = Phase::Draining(Drain::unconfirmed(
+                    *instance,
                     deadline,
-                    escalated: false,
-                    then: Then::Rest(Rest::Stopped),
-                });
+                    false,
+                    Rest::Stopped,
+                ));
             }
             Phase::Live(_) => self.drain_live(Then::Rest(Rest::Stopped), grace, s),
             Phase::Draining(d) => match d.then {
@@ -427,14 +440,8 @@ impl Machine {
             }
             Phase::Idle(_) => s.ignore(IgnoreReason::NotApplicable),
             Phase::Spawning { instance, .. } => {
-                self.phase = Phase::Draining(Drain {
-                    instance: *instance,
-                    pid: None,
-                    exited: false,
-                    deadline: retry,
-                    escalated: true,
-                    then: Then::Rest(Rest::Killed),
-                });
+                self.phase =
+                    Phase::Draining(Drain::unconfirmed(*instance, retry, true, Rest::Killed));
             }
             Phase::Live(l) => {
                 let l = *l;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::runtime::Event;
+use processcontrol_core::{Policy, PolicyErrors};
 
 use super::os_processes::{CgroupPlan, NotifyPlan, OsProcesses};
 use super::spec::{Echo, ProcessSpec, SpecErrors};
@@ -135,32 +136,31 @@ impl Host {
 
     /// Supervises `spec` and starts it. Nothing starts if the spec is invalid.
     pub fn spawn(&self, spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
-        let (name, policy, ports) = self.ports(spec)?;
-        Ok(
-            Supervisor::launch(&name, policy, ports).map_err(|e| SpecErrors {
-                name,
-                problems: e
-                    .0
-                    .into_iter()
-                    .map(super::spec::SpecProblem::Policy)
-                    .collect(),
-            })?,
-        )
+        self.supervise(spec, Supervisor::launch)
     }
 
     /// Supervises `spec` without starting it.
     pub fn add(&self, spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
+        self.supervise(spec, Supervisor::idle)
+    }
+
+    fn supervise(
+        &self,
+        spec: ProcessSpec,
+        make: fn(&str, Policy, Ports) -> Result<Supervisor, PolicyErrors>,
+    ) -> Result<Supervisor, SuperviseError> {
         let (name, policy, ports) = self.ports(spec)?;
-        Ok(
-            Supervisor::idle(&name, policy, ports).map_err(|e| SpecErrors {
+        // The spec was validated with this very policy: this only restates its errors.
+        make(&name, policy, ports).map_err(|e| {
+            SuperviseError::Spec(SpecErrors {
                 name,
                 problems: e
                     .0
                     .into_iter()
                     .map(super::spec::SpecProblem::Policy)
                     .collect(),
-            })?,
-        )
+            })
+        })
     }
 
     /// Every event of every process of this host from now on.

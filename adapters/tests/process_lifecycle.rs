@@ -398,3 +398,87 @@ fn a_second_launcher_is_refused() {
         ));
     });
 }
+
+#[test]
+fn escapee_below_an_orphaned_member_is_found_from_that_member() {
+    run(async {
+        // The leader exits at once; its member (a subshell turned `sleep`) is orphaned to us
+        // and keeps the group alive, and below it lives an escapee in a session of its own.
+        let mut child = launcher()
+            .spawn(sh(
+                "(setsid sh -c 'echo $$; exec sleep 1000' & exec sleep 1000) &",
+            ))
+            .await
+            .expect("spawn");
+        let mut out = BufReader::new(child.take_stdout().expect("stdout"));
+        let escapee: u32 = read_line(&mut out)
+            .await
+            .expect("pid")
+            .parse()
+            .expect("number");
+        assert!(bounded("exit", child.exited())
+            .await
+            .expect("status")
+            .success());
+        let (_, member, pgid, sid) = stat_of(escapee).expect("escapee runs");
+        assert_eq!(sid, escapee, "the escapee left the instance's session");
+        assert_ne!(pgid, child.pgid());
+        let (_, member_parent, member_pgid, _) = stat_of(member).expect("member runs");
+        assert_eq!(member_pgid, child.pgid(), "its parent is a member");
+        assert_eq!(
+            member_parent,
+            std::process::id(),
+            "orphaned to the subreaper"
+        );
+        assert_eq!(child.escapees(), [escapee]);
+
+        stays_pending("gone while the member runs", QUIET, child.gone()).await;
+        let report = child.kill_group().expect("kill");
+        assert!(report.group && !report.leader, "{report:?}");
+        assert_eq!(report.escapees, [escapee], "{report:?}");
+        bounded("gone", child.gone()).await.expect("gone");
+        assert!(!is_running(escapee) && !is_running(member));
+    });
+}
+
+#[test]
+fn gone_waits_for_an_escapee_orphaned_twice() {
+    run(async {
+        // A daemon in its own session with a child of its own; the leader exits at once.
+        let mut child = launcher()
+            .spawn(sh("setsid sh -c 'sleep 1000 & echo $$ $!; wait' &"))
+            .await
+            .expect("spawn");
+        let mut out = BufReader::new(child.take_stdout().expect("stdout"));
+        let line = read_line(&mut out).await.expect("pids");
+        let pids: Vec<u32> = line.split(' ').map(|p| p.parse().expect("pid")).collect();
+        let (daemon, daemon_child) = (pids[0], pids[1]);
+        assert!(bounded("exit", child.exited())
+            .await
+            .expect("status")
+            .success());
+        assert_eq!(stat_of(daemon).expect("daemon").1, std::process::id());
+        assert_eq!(stat_of(daemon_child).expect("its child").1, daemon);
+        let mut escapees = child.escapees();
+        escapees.sort();
+        let mut expected = vec![daemon, daemon_child];
+        expected.sort();
+        assert_eq!(escapees, expected, "the daemon's subtree is walked");
+        stays_pending("gone while the daemon runs", QUIET, child.gone()).await;
+
+        // The daemon dies: its child is orphaned to us in turn, and still counts.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(daemon).expect("pid"));
+        nix::sys::signal::kill(pid, Signal::SIGKILL).expect("kill the daemon");
+        stays_pending("gone while the daemon's child runs", QUIET, child.gone()).await;
+        assert_eq!(
+            stat_of(daemon_child).expect("its child").1,
+            std::process::id()
+        );
+        assert_eq!(child.escapees(), [daemon_child]);
+
+        let report = child.signal(Signal::SIGTERM).expect("signal");
+        assert_eq!(report.escapees, [daemon_child], "{report:?}");
+        bounded("gone", child.gone()).await.expect("gone");
+        assert!(!is_running(daemon_child));
+    });
+}

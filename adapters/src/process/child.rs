@@ -180,7 +180,8 @@ impl Child {
     ///
     /// Targets already dead are not errors. All targets are attempted before the first
     /// refusal (e.g. `EPERM`) is returned. An instance that is gone is a no-op. Finding
-    /// escapees reads `/proc`, so this may block for a few milliseconds.
+    /// escapees reads a few `/proc` files per process of the instance (or its cgroup's member
+    /// list), plus one listing of the supervisor's own children: short enough to run inline.
     pub fn signal(&self, signal: Signal) -> Result<SignalReport, SignalError> {
         self.launcher.shared().signal_instance(self.id, signal)
     }
@@ -198,7 +199,7 @@ impl Child {
     }
 
     /// Pids of live marked descendants outside the process group (double-forked daemons,
-    /// job-control groups), for diagnostics. Reads `/proc`.
+    /// job-control groups), for diagnostics. Reads `/proc` (the instance's processes only).
     pub fn escapees(&self) -> Vec<u32> {
         self.launcher.shared().escapees(self.id)
     }

@@ -9,7 +9,8 @@
 //! plus everything it forks. Every process of the instance inherits the environment variable
 //! [`MARKER_VAR`] (`<supervisor pid>:<launcher id>.<instance number>`), so a daemon that
 //! double-forks and calls `setsid` to leave the group (an *escapee*) can still be found by
-//! reading `/proc/<pid>/environ` of the supervisor's descendants.
+//! reading `/proc/<pid>/environ` in the instance's own process trees (see "Finding an
+//! instance's processes").
 //!
 //! # One reaper
 //!
@@ -35,8 +36,8 @@
 //! 1. the leader must have been reaped;
 //! 2. its process group must be empty: `kill(-pgid, 0)` fails with `ESRCH`. Zombies still
 //!    count as members until reaped, and once reaped by us we come back here;
-//! 3. only then, one scan of `/proc` looks for live (non-zombie) descendants carrying the
-//!    instance's marker.
+//! 3. only then, live (non-zombie) processes carrying the instance's marker are looked for,
+//!    as described below; with a cgroup, its emptiness answers instead.
 //!
 //! Why an event always arrives: consider the last process of the instance to die. Its
 //! parent is not a live member (or it would not be the last); a member's children are
@@ -51,21 +52,69 @@
 //! Once a group has been seen empty after its leader was reaped it is never signalled again:
 //! an empty group cannot refill, and its id may be reused by an unrelated new session.
 //!
+//! # Finding an instance's processes
+//!
+//! Signalling and the `gone` check cost in proportion to the instance's own processes, not to
+//! the machine nor to the other supervised instances: no scan of all of `/proc`.
+//!
+//! *With a cgroup* membership is exact and costs one read of `cgroup.procs`: a signal reaches
+//! the members outside the group through pidfds (confirmed still listed after pinning), and
+//! `gone` needs the cgroup empty and nothing else, no marker is read. A process that moved
+//! itself to another cgroup (root only) is no longer counted.
+//!
+//! *Without one*, the instance's processes are found by walking its process trees through
+//! `/proc/<pid>/task/<tid>/children` (every thread has its own list). The roots are:
+//!
+//! - the leader while it is unreaped: every member and escapee whose ancestors are alive is
+//!   below it (members below it are found this way too, and escapees below them);
+//! - the supervisor's *orphans*: its direct children (`/proc/<self>/task/*/children`) other
+//!   than the leaders it spawned, which are never escapees. As subreaper, the supervisor
+//!   adopts every process whose parent died, so a process of the instance whose ancestors
+//!   did not all survive hangs below such an orphan. Only orphans carrying the instance's
+//!   marker (or whose environment cannot be read) are walked. Orphans are usually none; the
+//!   registry reads each one's marker once and forgets it when it reaps it (a child's pid
+//!   cannot be reused before its parent reaps it; a mark read while its pid was being reaped
+//!   is not kept).
+//!
+//! Each process costs about two reads (its children, then its stat, which also confirms it
+//! was alive while its children were read), plus its environment when it is outside the
+//! group. A process that died or moved during a walk had its children adopted elsewhere, so
+//! the walk is repeated (a few times at most); a `gone` check that cannot get a complete walk
+//! and found nothing alive confirms with a full scan. A `gone` check that finds no orphan of
+//! the supervisor may be the instance's (the common case after a crash: one listing of the
+//! supervisor's children, no environment read) resolves inline in the reaper; only the
+//! others walk and read environments on the blocking pool, as an environment read during
+//! `execve` may be retried for up to ~31 ms. A signal runs the same small search inline.
+//!
+//! What this relies on, beyond the rule that nothing else forks: a marked process has an
+//! instance process (or an unreadable orphan) at the top of its chain of ancestors below the
+//! supervisor. It would take a process that carries no marker (or another instance's) to
+//! re-add this instance's marker for its children, on purpose, to break that. An orphan
+//! whose marker was read before it exec'd without one is still walked (its children
+//! forked earlier keep the marker), at the cost of one environment read per signal.
+//!
+//! Kernels without `children` files (`CONFIG_PROC_CHILDREN` unset, which no mainstream
+//! distribution does) fall back to the full scan: the stat of every process on the machine
+//! and the environment of every descendant of the supervisor. This is logged once.
+//!
 //! # Cgroups
 //!
 //! A spec may carry an [`InstanceCgroup`](crate::cgroup::InstanceCgroup): the child then
 //! writes itself into it between `fork` and `exec` (before dropping privileges), so the
 //! leader and everything it forks are members from their first instruction. With one,
-//! `gone` additionally waits for the cgroup to be empty (which catches a descendant that
-//! cleared its environment and left the group: it is still a descendant, so its death still
-//! reaches us), and a SIGKILL of the instance kills the cgroup first (`cgroup.kill`, or
-//! freeze and kill), then proceeds as below.
+//! `gone` waits for the cgroup to be empty instead of looking for marked processes (which
+//! also catches a descendant that cleared its environment and left the group: it is still a
+//! descendant, so its death still reaches us), a signal reaches every member outside the
+//! group, marked or not, and a SIGKILL of the instance kills the cgroup first
+//! (`cgroup.kill`, or freeze and kill), which is enough; a mere sweep of the listed pids
+//! (no `cgroup.kill`, no freezer) is followed up as below.
 //!
 //! # Signals
 //!
 //! [`Child::signal`] sends once to each process: `kill(-pgid)` reaches the group, including
 //! the leader while it is unreaped (a session leader cannot leave its group); escapees are
-//! pinned with a pidfd, re-checked for the marker, then signalled through the pidfd. The
+//! pinned with a pidfd, re-checked for the marker (with a cgroup: for membership), then
+//! signalled through the pidfd. The
 //! registry lock is held while signalling the group and the leader, so the leader cannot be
 //! reaped (and its pid or pgid reused) in between. [`Child::signal_leader`] uses the leader's
 //! pidfd (opened right after fork, before any reap was possible); without pidfd support
@@ -95,6 +144,7 @@ mod launcher;
 pub(crate) mod pidfd;
 mod reaper;
 mod scan;
+mod search;
 mod spawn;
 mod spec;
 mod status;
@@ -115,7 +165,8 @@ pub struct SignalReport {
     pub leader: bool,
     /// The process group was signalled.
     pub group: bool,
-    /// Pids of marked descendants outside the group that were signalled.
+    /// Pids of processes outside the group that were signalled: marked descendants, or,
+    /// when the instance has a cgroup, its members.
     pub escapees: Vec<u32>,
     /// The instance's cgroup was killed as a whole (SIGKILL of an instance that has one).
     pub cgroup: bool,

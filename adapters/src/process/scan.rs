@@ -1,10 +1,14 @@
-//! Reading `/proc` to find the processes of an instance that left its process group.
+//! Reading `/proc`: the stat, marker and children of one process, the supervisor's own
+//! children, and walks of process trees; plus the full scan of every process, kept for
+//! kernels without `children` files and for [`find_stale_processes`].
 //!
 //! Only used when an event makes it necessary (a signal is being sent, or a reap left an
 //! instance's group empty): never on a timer.
 
 use std::collections::HashMap;
 use std::fs;
+use std::io;
+use std::sync::OnceLock;
 
 /// Name of the environment variable that marks every process of an instance.
 ///
@@ -21,14 +25,17 @@ pub(crate) struct ProcStat {
     pub(crate) state: u8,
     pub(crate) ppid: i32,
     pub(crate) pgid: i32,
+    /// Threads in the process; each has its own list of children.
+    pub(crate) num_threads: i64,
     /// Start time in clock ticks since boot, to tell a reused pid from the original.
     pub(crate) starttime: u64,
 }
 
 impl ProcStat {
-    /// Whether the process can still run code (and so still needs to be killed).
+    /// Whether the process can still run code (and so still needs to be killed). A main
+    /// thread that exited while other threads run shows as a zombie with several threads.
     pub(crate) fn is_live(&self) -> bool {
-        self.state != b'Z' && self.state != b'X'
+        (self.state != b'Z' && self.state != b'X') || self.num_threads > 1
     }
 }
 
@@ -43,14 +50,16 @@ pub(crate) fn parse_stat(line: &str) -> Option<ProcStat> {
     let ppid = fields.next()?.parse().ok()?;
     let pgid = fields.next()?.parse().ok()?;
     // Fields after pgrp: session, tty_nr, tpgid, flags, minflt, cminflt, majflt, cmajflt,
-    // utime, stime, cutime, cstime, priority, nice, num_threads, itrealvalue, then starttime
-    // (the 17th, index 16).
-    let starttime = fields.nth(16)?.parse().ok()?;
+    // utime, stime, cutime, cstime, priority, nice, then num_threads (the 15th, index 14),
+    // itrealvalue and starttime.
+    let num_threads = fields.nth(14)?.parse().ok()?;
+    let starttime = fields.nth(1)?.parse().ok()?;
     Some(ProcStat {
         pid,
         state,
         ppid,
         pgid,
+        num_threads,
         starttime,
     })
 }
@@ -83,18 +92,182 @@ const EMPTY_ENVIRON_BACKOFF_MS: [u64; 5] = [1, 2, 4, 8, 16];
 /// backoff (no event exists for "exec finished"). Only a process that truly has an empty
 /// environment (`env -i`) pays the full ~31 ms, and it carries no marker anyway.
 pub(crate) fn read_marker(pid: i32) -> Option<String> {
+    match read_mark(pid) {
+        Mark::Marked(marker) => Some(marker),
+        Mark::Unmarked | Mark::Unreadable | Mark::Gone => None,
+    }
+}
+
+/// What the environment of a process says about its instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// It carries this marker value.
+    Marked(String),
+    /// It carries no marker, or is a zombie.
+    Unmarked,
+    /// Its environment cannot be read (a non-root supervisor and a non-dumpable process).
+    Unreadable,
+    /// It no longer exists.
+    Gone,
+}
+
+/// Like [`read_marker`], but tells an unreadable environment and a vanished process from
+/// one without a marker.
+pub(crate) fn read_mark(pid: i32) -> Mark {
     let path = format!("/proc/{pid}/environ");
     for pause in EMPTY_ENVIRON_BACKOFF_MS {
-        let environ = fs::read(&path).ok()?;
+        let environ = match fs::read(&path) {
+            Ok(environ) => environ,
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                return Mark::Gone
+            }
+            Err(_) => return Mark::Unreadable,
+        };
         if !environ.is_empty() {
-            return marker_in_environ(&environ);
+            return marker_in_environ(&environ).map_or(Mark::Unmarked, Mark::Marked);
         }
-        if !read_stat(pid).is_some_and(|stat| stat.is_live()) {
-            return None;
+        match read_stat(pid) {
+            None => return Mark::Gone,
+            Some(stat) if !stat.is_live() => return Mark::Unmarked,
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(pause)),
         }
-        std::thread::sleep(std::time::Duration::from_millis(pause));
     }
-    None
+    Mark::Unmarked
+}
+
+/// The pids in one `children` file (`/proc/<pid>/task/<tid>/children`): the live and
+/// zombie children that thread forked or was given as a reaper.
+fn thread_children(pid: i32, tid: i32, into: &mut Vec<i32>) -> io::Result<()> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children"))?;
+    into.extend(
+        text.split_ascii_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok()),
+    );
+    Ok(())
+}
+
+/// The thread ids of `pid`.
+fn threads(pid: i32) -> io::Result<Vec<i32>> {
+    Ok(fs::read_dir(format!("/proc/{pid}/task"))?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect())
+}
+
+/// The children of every thread of `pid`; a thread that exits while being read hands its
+/// children to a sibling (maybe one already read), so the thread list is read again after
+/// and any change makes this fail with `EAGAIN`.
+fn all_children(pid: i32) -> io::Result<Vec<i32>> {
+    let mut tids = threads(pid)?;
+    let mut children = Vec::new();
+    for tid in &tids {
+        match thread_children(pid, *tid, &mut children) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut after = threads(pid)?;
+    tids.sort_unstable();
+    after.sort_unstable();
+    if tids != after {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
+    Ok(children)
+}
+
+/// Whether this kernel has `children` files (`CONFIG_PROC_CHILDREN`, Linux 3.5+ and set by
+/// every mainstream distribution). Checked once; without them, finding an instance's
+/// processes falls back to scanning all of `/proc`, which is said once in the log.
+pub(crate) fn children_files_exist(supervisor: i32) -> bool {
+    static EXIST: OnceLock<bool> = OnceLock::new();
+    *EXIST.get_or_init(|| {
+        let exist = fs::metadata(format!("/proc/{supervisor}/task/{supervisor}/children")).is_ok();
+        if !exist {
+            tracing::warn!(
+                "this kernel has no /proc/<pid>/task/<tid>/children (CONFIG_PROC_CHILDREN): \
+                 every signal and exit check scans all of /proc instead"
+            );
+        }
+        exist
+    })
+}
+
+/// The supervisor's direct children: leaders, and orphans reparented to it as subreaper.
+/// `None` if they cannot be listed. Its thread set changes now and then (tokio's blocking
+/// pool starts and retires threads), which only means reading again.
+pub(crate) fn supervisor_children(supervisor: i32) -> Option<Vec<i32>> {
+    let mut attempts = 0;
+    loop {
+        match all_children(supervisor) {
+            Ok(children) => return Some(children),
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && attempts < 4 => attempts += 1,
+            Err(error) => {
+                tracing::debug!(%error, "cannot list the supervisor's children");
+                return None;
+            }
+        }
+    }
+}
+
+/// Walks the process trees under `roots` (pairs of a pid and the parent it is expected to
+/// have), adding every process met, live or zombie, to `found`, and the pids met dead or
+/// gone to `dead`.
+///
+/// Returns false when a process died or changed parent during the walk. Its children then
+/// moved to a subreaper (the supervisor, or one inside the tree) where this walk may not
+/// look again, so the caller walks again. A process that is visited and confirmed alive
+/// after its children were read had those children at that moment: its later forks come
+/// from a process already found, and its later death is detected at its children. A process
+/// in `known_dead` was already dead at an earlier walk, so its children had moved before
+/// that walk's successor started: it does not make this walk incomplete.
+pub(crate) fn walk(
+    roots: &[(i32, i32)],
+    found: &mut HashMap<i32, ProcStat>,
+    known_dead: &std::collections::HashSet<i32>,
+    dead: &mut Vec<i32>,
+) -> bool {
+    let mut complete = true;
+    let mut stack: Vec<(i32, i32)> = roots.to_vec();
+    let mut visited = std::collections::HashSet::new();
+    let mut children = Vec::new();
+    while let Some((pid, parent)) = stack.pop() {
+        if !visited.insert(pid) {
+            continue;
+        }
+        children.clear();
+        // The children first, then the stat: a process still alive (and still the child
+        // of `parent`) at the stat was alive while its children were read.
+        let listed = thread_children(pid, pid, &mut children);
+        let Some(stat) = read_stat(pid) else {
+            complete &= known_dead.contains(&pid);
+            dead.push(pid);
+            continue;
+        };
+        if stat.ppid != parent {
+            // Reparented (its parent died after listing it) or a reused pid.
+            complete = false;
+            continue;
+        }
+        let listed = if stat.num_threads > 1 {
+            children.clear();
+            all_children(pid).map(|all| children = all)
+        } else {
+            listed
+        };
+        if listed.is_err() {
+            complete = false;
+        }
+        if !stat.is_live() {
+            complete &= known_dead.contains(&pid);
+            dead.push(pid);
+        }
+        found.insert(pid, stat);
+        stack.extend(children.iter().map(|child| (*child, pid)));
+    }
+    complete
 }
 
 /// Every process currently listed in `/proc`, by pid.
@@ -140,6 +313,10 @@ pub(crate) struct Marked {
 /// All live descendants of `supervisor` that carry a marker from `wanted` (any marker when
 /// `wanted` is empty). Descent is checked so that a stray process that merely copied a
 /// marker is never signalled.
+///
+/// The full scan: the stat of every process on the machine. Only used where the kernel has
+/// no `children` files, and to confirm that nothing is left when walks of an instance's
+/// trees kept being disturbed by processes dying under them.
 pub(crate) fn marked_descendants(supervisor: i32, wanted: &[&str]) -> Vec<Marked> {
     let stats = all_stats();
     stats
@@ -201,8 +378,13 @@ mod tests {
         assert_eq!(stat.state, b'S');
         assert_eq!(stat.ppid, 1);
         assert_eq!(stat.pgid, 1234);
+        assert_eq!(stat.num_threads, 1);
         assert_eq!(stat.starttime, 98765);
         assert!(stat.is_live());
+        let zombie = "9 (z) Z 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
+        assert!(!parse_stat(zombie).expect("parses").is_live());
+        let exited_main = "9 (z) Z 1 9 9 0 -1 0 0 0 0 0 0 0 0 0 20 0 3 0 5 0 0";
+        assert!(parse_stat(exited_main).expect("parses").is_live());
         assert!(parse_stat("garbage").is_none());
         assert!(parse_stat("12 (x) Z 1").is_none());
     }

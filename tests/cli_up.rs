@@ -463,3 +463,60 @@ fn invalid_configs_are_rejected_with_positions_and_nothing_starts() {
         assert!(!Path::new(&dir.path().join("s.sock")).exists());
     }
 }
+
+#[test]
+fn metrics_are_served_on_loopback() {
+    // A port unlikely to be taken; the test says so if it is.
+    let port = 20_000 + (std::process::id() % 10_000) as u16;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("processcontrol.toml");
+    std::fs::write(&config, "[processes.m]\ncommand = \"sleep 1000\"\nlimits.memory = { max = \"1GiB\", action = \"warn\" }\n").unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut child = Command::new(BIN)
+        .args(["up", "-c"])
+        .arg(&config)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            std::io::Read::read_to_string(&mut stream, &mut body).unwrap();
+            if body.contains("processcontrol_rss_bytes{process=\"m\"}") {
+                break body;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            eprintln!("skipped: the daemon exited ({status}), probably port {port} is taken");
+            return;
+        }
+        assert!(Instant::now() < deadline, "no metrics in time");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        body.contains("processcontrol_state{process=\"m\",state=\"running\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("processcontrol_breaker_open{process=\"m\"} 0"));
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+    // Not on a routable address.
+    let out = Command::new(BIN)
+        .args(["up", "-c"])
+        .arg(&config)
+        .args(["--socket"])
+        .arg(dir.path().join("t.sock"))
+        .args(["--metrics", "0.0.0.0:9100"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+}

@@ -130,9 +130,7 @@ fn print_status_table(value: &Value) {
             text("state"),
             text("pid"),
             text("instance"),
-            row["uptime_secs"]
-                .as_u64()
-                .map_or("-".into(), human_duration),
+            row["uptime"].as_u64().map_or("-".into(), human_duration),
             text("restarts"),
             text("breaker"),
             if row["ready"].as_bool() == Some(true) {

@@ -72,6 +72,7 @@ pub struct MemberStatus {
     /// Why it has not started yet, while it waits for a dependency.
     pub blocked: Option<String>,
     /// Seconds it has been up.
+    #[serde(rename = "uptime")]
     pub uptime_secs: Option<u64>,
 }
 

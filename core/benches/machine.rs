@@ -66,7 +66,7 @@ fn drive(m: &mut Machine, now: &mut Timestamp) -> usize {
                     instance,
                     usage: Usage {
                         memory: 100 << 20,
-                        cpu: 12,
+                        cpu: Some(12),
                         fds: 30,
                         processes: 1,
                         threads: 4,

@@ -220,8 +220,9 @@ pub enum ProbeResult {
 pub struct Usage {
     /// Resident memory in bytes.
     pub memory: u64,
-    /// CPU in percent of one core over the last interval (may exceed 100).
-    pub cpu: u64,
+    /// CPU in percent of one core over the last interval (may exceed 100); unknown on a
+    /// tree's first sample, which has no earlier one to compare with.
+    pub cpu: Option<u64>,
     /// Open file descriptors.
     pub fds: u64,
     /// Processes.
@@ -231,14 +232,14 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// The amount used of one resource.
-    pub fn get(&self, resource: Resource) -> u64 {
+    /// The amount used of one resource, if this sample knows it.
+    pub fn get(&self, resource: Resource) -> Option<u64> {
         match resource {
-            Resource::Memory => self.memory,
+            Resource::Memory => Some(self.memory),
             Resource::Cpu => self.cpu,
-            Resource::Fds => self.fds,
-            Resource::Processes => self.processes,
-            Resource::Threads => self.threads,
+            Resource::Fds => Some(self.fds),
+            Resource::Processes => Some(self.processes),
+            Resource::Threads => Some(self.threads),
         }
     }
 }

@@ -659,7 +659,10 @@ impl Machine {
         let mut worst: Option<(LimitAction, Resource)> = None;
         for rule in &self.policy.limits.rules {
             let track = &mut self.limits[rule.resource.index()];
-            let observed = usage.get(rule.resource);
+            // A sample that does not know this resource changes nothing about it.
+            let Some(observed) = usage.get(rule.resource) else {
+                continue;
+            };
             if observed <= rule.max {
                 *track = Track::default();
                 continue;

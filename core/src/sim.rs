@@ -669,7 +669,7 @@ pub fn op(b: &mut Bytes<'_>) -> Op {
             let v = |bit: u8| if hot & bit != 0 { 1000 } else { 0 };
             Op::Sample(Usage {
                 memory: v(1),
-                cpu: v(2),
+                cpu: (hot & 32 == 0).then_some(v(2)),
                 fds: v(4),
                 processes: v(8),
                 threads: v(16),

@@ -727,13 +727,13 @@ fn limits_grace_ignores_start_up_peaks() {
     let mut d = Drive::new(p);
     d.start();
     let out = d.sample(Usage {
-        cpu: 300,
+        cpu: Some(300),
         ..Usage::default()
     });
     assert!(out.effects.is_empty());
     d.advance(Duration::from_secs(5));
     d.sample(Usage {
-        cpu: 300,
+        cpu: Some(300),
         ..Usage::default()
     });
     assert_eq!(d.m.state(), StateName::Killed);

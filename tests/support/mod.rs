@@ -338,13 +338,3 @@ pub fn free_port() -> u16 {
         .expect("bind a loopback port")
         .port()
 }
-
-/// [`host`], with first uses serialized: `Host::global` is not safe against concurrent first
-/// use (two tests starting at once may both try to create the launcher, and one gets
-/// `Launcher(AlreadyRunning)`; see `health_limits::global_host_first_use_is_race_free`).
-/// Remove once that is fixed.
-pub fn shared_host() -> Arc<Host> {
-    static FIRST_USE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _serialized = FIRST_USE.lock().unwrap_or_else(|e| e.into_inner());
-    host()
-}

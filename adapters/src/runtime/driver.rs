@@ -190,7 +190,7 @@ impl Driver {
             exit: m.last_exit(),
             last_error: self.last_error.clone(),
             rss: usage.map(|u| u.memory),
-            cpu: usage.map(|u| u.cpu),
+            cpu: usage.and_then(|u| u.cpu),
         });
     }
 }

@@ -47,7 +47,7 @@ impl Sampling {
                         instance,
                         usage: Usage {
                             memory: u.rss_bytes,
-                            cpu: u.cpu_percent.map_or(0, |c| c.round() as u64),
+                            cpu: u.cpu_percent.map(|c| c.round() as u64),
                             fds: u.open_fds,
                             processes: u.processes,
                             threads: u.threads,
@@ -148,6 +148,8 @@ pub(crate) struct OsWatchers {
 struct Running {
     instance: Option<Instance>,
     tasks: Vec<(ProbeRole, JoinHandle<()>)>,
+    /// The instance being sampled: re-adding it would lose its CPU baseline.
+    sampled: Option<Instance>,
 }
 
 impl OsWatchers {
@@ -247,8 +249,15 @@ impl Watchers for OsWatchers {
             running.tasks.push((role, task));
         }
         match (sampling, pid) {
-            (true, Some(pid)) => self.sampling.watch(self.tag, instance, pid, report),
-            _ => self.sampling.unwatch(self.tag),
+            (true, Some(_)) if running.sampled == Some(instance) => {}
+            (true, Some(pid)) => {
+                self.sampling.watch(self.tag, instance, pid, report);
+                running.sampled = Some(instance);
+            }
+            _ => {
+                self.sampling.unwatch(self.tag);
+                running.sampled = None;
+            }
         }
     }
 }

@@ -134,7 +134,8 @@ pub(crate) fn read_mark(pid: i32) -> Mark {
             Some(_) => std::thread::sleep(std::time::Duration::from_millis(pause)),
         }
     }
-    Mark::Unmarked
+    // Still empty: most likely a slow exec on a loaded machine. Nobody can tell yet.
+    Mark::Unreadable
 }
 
 /// The pids in one `children` file (`/proc/<pid>/task/<tid>/children`): the live and

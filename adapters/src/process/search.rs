@@ -109,8 +109,9 @@ impl Shared {
         let reaped = reg.orphans.reaped_since(since);
         for (pid, mark) in read {
             assign(&mut roots, pid, &mark);
-            let cacheable =
-                mark != Mark::Gone && reaped.as_ref().is_some_and(|reaped| !reaped.contains(&pid));
+            // An unreadable mark may become readable (an exec finishing): read it again.
+            let cacheable = !matches!(mark, Mark::Gone | Mark::Unreadable)
+                && reaped.as_ref().is_some_and(|reaped| !reaped.contains(&pid));
             if cacheable {
                 reg.orphans.marks.insert(pid, mark);
             }

@@ -1,5 +1,6 @@
 //! Tokio adapters of ProcessControl: they carry out the core's effects and turn what happens
 //! to real processes into events for the core. They never decide.
+#![warn(missing_docs)]
 
 pub mod cgroup;
 pub mod config;

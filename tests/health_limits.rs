@@ -15,8 +15,8 @@ use processcontrol::{
     Resource, StateName, SuperviseError, What,
 };
 use support::{
-    alive, assert_holds_for, assert_no_zombies, drain_events, free_port, host, log_lines,
-    next_event, run, wait_dead, wait_for, wait_for_line, HealthServer,
+    alive, assert_holds_for, assert_no_zombies, drain_events, fast_backoff, free_port, host,
+    log_lines, next_event, run, sh, wait_dead, wait_for, wait_for_line, HealthServer,
 };
 
 /// The host's sampling interval (the global host's default).
@@ -25,20 +25,6 @@ const MB: u64 = 1024 * 1024;
 /// CPU limit of the busy-loop tests, in percent of one core (see
 /// `cpu_over_the_limit_for_its_duration_restarts`).
 const CPU_LIMIT: u64 = 25;
-
-fn sh(name: &str, script: &str) -> ProcessSpec {
-    ProcessSpec::new(name, ["/bin/sh", "-c", script])
-}
-
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy {
-        initial: Duration::from_millis(20),
-        factor: 2.0,
-        max: Duration::from_millis(200),
-        jitter: 0.0,
-        reset_after: Duration::from_millis(500),
-    }
-}
 
 fn breaker(max_restarts: u32) -> BreakerPolicy {
     BreakerPolicy {

@@ -11,21 +11,7 @@ use processcontrol::{
     BackoffPolicy, BreakerPolicy, Cooldown, LimitAction, LimitRule, ProcessSpec, Resource,
     RestartPolicy, StateName, What,
 };
-use support::{alive, assert_no_zombies, host, run, wait_for, wait_for_line};
-
-fn sh(name: &str, script: &str) -> ProcessSpec {
-    ProcessSpec::new(name, ["/bin/sh", "-c", script])
-}
-
-fn fast_backoff() -> BackoffPolicy {
-    BackoffPolicy {
-        initial: Duration::from_millis(20),
-        factor: 2.0,
-        max: Duration::from_millis(200),
-        jitter: 0.0,
-        reset_after: Duration::from_millis(500),
-    }
-}
+use support::{alive, assert_no_zombies, fast_backoff, host, run, sh, wait_for, wait_for_line};
 
 #[test]
 fn crash_restarts_after_backoff_until_the_breaker_opens() {

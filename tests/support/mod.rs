@@ -338,3 +338,20 @@ pub fn free_port() -> u16 {
         .expect("bind a loopback port")
         .port()
 }
+
+/// A process running a shell script.
+pub fn sh(name: &str, script: &str) -> processcontrol::ProcessSpec {
+    processcontrol::ProcessSpec::new(name, ["/bin/sh", "-c", script])
+}
+
+/// Restarts fast enough for tests: 20 ms doubling to 200 ms, no jitter, a streak ends after
+/// 500 ms up.
+pub fn fast_backoff() -> processcontrol::BackoffPolicy {
+    processcontrol::BackoffPolicy {
+        initial: Duration::from_millis(20),
+        factor: 2.0,
+        max: Duration::from_millis(200),
+        jitter: 0.0,
+        reset_after: Duration::from_millis(500),
+    }
+}

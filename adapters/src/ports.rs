@@ -6,51 +6,34 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use processcontrol_core::{Input, Instance, Pid, Roles, Signal, SpawnError, Timestamp, Usage};
+use processcontrol_core::{Input, Instance, Pid, Roles, Signal, SpawnError, Timestamp};
 use tokio::sync::mpsc;
 
-/// Where ports report facts about an instance. Facts go into the machine's mailbox, in order.
+/// Where ports report facts about an instance. Facts go into the machine's mailbox, in order,
+/// with the commands of its handle.
 #[derive(Clone, Debug)]
 pub struct Reporter {
-    tx: mpsc::UnboundedSender<Report>,
+    tx: mpsc::UnboundedSender<Mail>,
 }
 
-/// One fact for the machine's mailbox, with what people need to read about it.
+/// One item of a machine's mailbox: one channel per process, so facts and commands are
+/// handled in the order they arrived (and 500 processes hold 500 channels, not 1000).
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Report {
-    /// A fact for the machine.
+pub(crate) enum Mail {
+    /// A fact or a command for the machine.
     Fact(Input),
-    /// A spawn failed: the fact and the full message for the event stream.
-    SpawnFailed {
-        instance: Instance,
-        error: SpawnError,
-        message: String,
-    },
-    /// A resource sample, kept for status output before it goes to the machine.
-    Sample { instance: Instance, usage: Usage },
+    /// Stop for good, then end the task.
+    Shutdown,
 }
 
 impl Reporter {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<Report>) -> Self {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Mail>) -> Self {
         Reporter { tx }
     }
 
     /// Reports a fact. A machine that is gone no longer listens; that is not an error.
     pub fn fact(&self, input: Input) {
-        let report = match input {
-            Input::Sampled { instance, usage } => Report::Sample { instance, usage },
-            other => Report::Fact(other),
-        };
-        let _ = self.tx.send(report);
-    }
-
-    /// Reports a failed spawn with the message people will read in the event.
-    pub fn spawn_failed(&self, instance: Instance, error: SpawnError, message: String) {
-        let _ = self.tx.send(Report::SpawnFailed {
-            instance,
-            error,
-            message,
-        });
+        let _ = self.tx.send(Mail::Fact(input));
     }
 }
 

@@ -11,23 +11,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::event::Event;
 use super::status::{breaker_name, Status};
-use crate::ports::{Ports, Report, Reporter};
-
-/// What the handle sends besides facts.
-#[derive(Debug)]
-pub(crate) enum Mail {
-    /// A fact or a command for the machine.
-    Report(Report),
-    /// Stop for good, then end the task.
-    Shutdown,
-}
+use crate::ports::{Mail, Ports, Reporter};
 
 pub(crate) struct Driver {
     pub(crate) name: Arc<str>,
     pub(crate) machine: Machine,
     pub(crate) ports: Ports,
     pub(crate) reporter: Reporter,
-    pub(crate) facts: mpsc::UnboundedReceiver<Report>,
     pub(crate) mail: mpsc::UnboundedReceiver<Mail>,
     pub(crate) status: watch::Sender<Status>,
     /// Facts produced while executing effects (spawn results), fed before new mail.
@@ -41,12 +31,11 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    /// Runs until shut down (or until every sender is gone and the process is at rest).
+    /// Runs until shut down (by the handle, or its drop) and the process is at rest.
     pub(crate) async fn run(mut self) {
         // One sleep, re-armed after every step to the machine's single deadline.
         let sleep = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(sleep);
-        let mut mail_open = true;
         loop {
             if self.closing && self.at_rest() {
                 break;
@@ -59,24 +48,16 @@ impl Driver {
                     sleep.as_mut().reset(self.ports.clock.instant(d.at));
                 }
                 tokio::select! {
-                    biased;
-                    fact = self.facts.recv() => match fact {
-                        Some(report) => self.admit(report),
-                        // The driver holds a reporter itself, so this cannot close.
-                        None => break,
-                    },
-                    mail = self.mail.recv(), if mail_open => match mail {
-                        Some(Mail::Report(report)) => self.admit(report),
+                    mail = self.mail.recv() => match mail {
+                        Some(Mail::Fact(input)) => self.admit(input),
+                        // The handle sends this when dropped too, so a process is never left
+                        // running by a handle that went away.
                         Some(Mail::Shutdown) => {
                             self.closing = true;
                             Input::Stop { grace: None }
                         }
-                        None => {
-                            // Every handle is gone: stop the process for good.
-                            mail_open = false;
-                            self.closing = true;
-                            Input::Stop { grace: None }
-                        }
+                        // The driver holds a reporter itself, so the mailbox cannot close.
+                        None => break,
                     },
                     () = &mut sleep, if deadline.is_some() => Input::Tick,
                 }
@@ -92,27 +73,14 @@ impl Driver {
             && matches!(self.machine.state(), Stopped | Killed | Exited | Failed)
     }
 
-    /// Turns a report into the machine's input, keeping what people need to read.
-    fn admit(&mut self, report: Report) -> Input {
-        match report {
-            Report::Fact(input) => input,
-            Report::SpawnFailed {
-                instance,
-                error,
-                message,
-            } => {
-                if self.machine.instance() == Some(instance) {
-                    self.last_error = Some(message);
-                }
-                Input::SpawnFailed { instance, error }
-            }
-            Report::Sample { instance, usage } => {
-                if self.machine.instance() == Some(instance) {
-                    self.usage = Some(usage);
-                }
-                Input::Sampled { instance, usage }
+    /// Keeps what status output needs from a fact before the machine sees it.
+    fn admit(&mut self, input: Input) -> Input {
+        if let Input::Sampled { instance, usage } = input {
+            if self.machine.instance() == Some(instance) {
+                self.usage = Some(usage);
             }
         }
+        input
     }
 
     /// Feeds one input at the clock's real now and carries out what the machine says.

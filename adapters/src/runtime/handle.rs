@@ -8,10 +8,10 @@ use processcontrol_core::{Input, Machine, Policy, PolicyErrors, RestartCause};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::driver::{Driver, Mail};
+use super::driver::Driver;
 use super::event::Event;
 use super::status::Status;
-use crate::ports::{Ports, Report, Reporter};
+use crate::ports::{Mail, Ports, Reporter};
 
 /// Why a command could not be delivered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +53,6 @@ impl Supervisor {
     ) -> Result<Supervisor, PolicyErrors> {
         let machine = Machine::new(policy)?;
         let name: Arc<str> = name.into();
-        let (fact_tx, facts) = mpsc::unbounded_channel();
         let (mail_tx, mail) = mpsc::unbounded_channel();
         let mut status = Status::new(name.clone());
         let mut queue = VecDeque::new();
@@ -70,8 +69,7 @@ impl Supervisor {
             name: name.clone(),
             machine,
             ports,
-            reporter: Reporter::new(fact_tx),
-            facts,
+            reporter: Reporter::new(mail_tx.clone()),
             mail,
             status: status_tx,
             queue,
@@ -181,7 +179,7 @@ impl Supervisor {
 
     fn send(&self, input: Input) -> Result<(), CommandError> {
         self.mail
-            .send(Mail::Report(Report::Fact(input)))
+            .send(Mail::Fact(input))
             .map_err(|_| CommandError::Ended(self.name.clone()))
     }
 }

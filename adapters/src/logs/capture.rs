@@ -15,7 +15,7 @@ use super::{LogError, LogLine, Stream};
 
 /// First size of the read buffer: small, because most supervised processes are quiet and
 /// hundreds of them may be waiting on their pipes at once.
-const MIN_READ_BUFFER: usize = 1024;
+const MIN_READ_BUFFER: usize = 128;
 /// Largest read buffer, reached only while a child floods us.
 const MAX_READ_BUFFER: usize = 64 << 10;
 

@@ -9,30 +9,14 @@
 //! whole-process CPU comes from getrusage, the per-runtime split from the threads'
 //! /proc/self/task/*/stat counters.
 
+mod common;
+
+use common::{env_or, process_cpu};
 use std::time::{Duration, Instant};
 
 use processcontrol_adapters::probe::{HttpProbe, Probe, ProbeSchedule, TcpProbe};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// User + system CPU time of the whole process.
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage fills the zeroed rusage we own; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 /// CPU clock ticks (user, system) used so far by this process's threads whose name
 /// starts with `prefix`.

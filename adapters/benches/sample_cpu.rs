@@ -11,28 +11,13 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{env_or, process_cpu};
 use std::time::{Duration, Instant};
 
 use processcontrol_adapters::sample::{spawn, ProcSampler, SampleReport};
 use tokio::sync::mpsc;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn process_cpu() -> Duration {
-    // SAFETY: getrusage fills the zeroed rusage we own; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
 
 /// The helper processes, each in its own group, killed (with their children) on drop.
 struct Children(Vec<Child>);

@@ -173,7 +173,9 @@ fn unknown_user_is_a_clear_spawn_error() {
 #[test]
 fn runs_as_another_user_when_root() {
     if !nix::unistd::geteuid().is_root() {
-        return; // switching users needs root; the NotRoot error is covered above
+        // The NotRoot error is covered above.
+        eprintln!("skipped: switching users needs root, and this test runs as a normal user");
+        return;
     }
     run(async {
         let spec = ProcessSpec::new("/bin/sh")
@@ -189,6 +191,46 @@ fn runs_as_another_user_when_root() {
             .await
             .expect("status")
             .success());
+        // The child shares the supervisor's memory until it execs, so a C library that
+        // switched "every thread of the process" would have switched ours: every thread of
+        // the supervisor must still be root.
+        for task in std::fs::read_dir("/proc/self/task").expect("tasks") {
+            let status = std::fs::read_to_string(task.expect("task").path().join("status"))
+                .unwrap_or_default();
+            for line in status.lines() {
+                if line.starts_with("Uid:") || line.starts_with("Gid:") {
+                    let ids: Vec<&str> = line.split_whitespace().skip(1).collect();
+                    assert!(ids.iter().all(|id| *id == "0"), "a thread changed: {line}");
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn the_program_starts_with_no_signal_blocked_or_ignored() {
+    run(async {
+        // `cat` keeps what exec passed on: the blocked mask and the ignored signals. The test
+        // harness ignores SIGPIPE (as every Rust program does), and the spawner blocks every
+        // signal around the clone.
+        let mut child = launcher()
+            .spawn(ProcessSpec::new("cat").arg("/proc/self/status"))
+            .await
+            .expect("spawn");
+        let mut out = BufReader::new(child.take_stdout().expect("stdout"));
+        let lines = read_all_lines(&mut out).await;
+        for field in ["SigBlk:", "SigIgn:", "SigCgt:"] {
+            let line = lines
+                .iter()
+                .find(|l| l.starts_with(field))
+                .unwrap_or_else(|| panic!("no {field} in {lines:?}"));
+            assert_eq!(
+                line.split_whitespace().nth(1),
+                Some("0000000000000000"),
+                "{line}"
+            );
+        }
+        bounded("exit", child.exited()).await.expect("status");
     });
 }
 

@@ -34,8 +34,9 @@ pub enum LauncherError {
 pub enum SpawnError {
     /// The child could not become the program: `execve` or the setup before it (joining its
     /// cgroup, credentials, chdir, setsid) failed. Carries the OS error the child reported
-    /// through std's close-on-exec pipe, e.g. `NotFound` for a missing program or
-    /// `PermissionDenied` for a file that is not executable.
+    /// through its close-on-exec pipe, e.g. `NotFound` for a missing program or
+    /// `PermissionDenied` for a file that is not executable (both found before forking,
+    /// when the program is looked up in `PATH`).
     #[error("cannot start {program:?}: {source}")]
     Exec {
         /// The program as given in the spec.

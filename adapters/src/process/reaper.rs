@@ -3,8 +3,8 @@
 //! Every child of the supervisor process is reaped here, by one `waitpid(-1, WNOHANG)` loop
 //! driven by SIGCHLD. The loop runs with the registry lock held, and the spawner holds the
 //! same lock from `fork` until the new leader is registered: so a status is never reaped
-//! before its waiter exists, and std's own `waitpid` on a child whose `exec` failed can
-//! never be preempted (std asserts that this wait succeeds).
+//! before its waiter exists. A child whose `exec` failed exits with 127 and is reaped here
+//! like any other leader.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};

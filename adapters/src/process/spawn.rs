@@ -3,27 +3,28 @@
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process;
 //! tokio's blocking pool retires idle threads, which would kill their children. A dedicated
 //! thread that lives as long as the launcher makes the signal mean "the supervisor died".
+//!
+//! How the child itself is created and set up is in [`super::fork`].
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
-use nix::sys::prctl;
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 use nix::unistd::{self, Gid, Group, Pid, Uid, User};
 use tokio::sync::{oneshot, watch};
 
 use super::error::SpawnError;
+use super::fork::{self, ChildStack, Credentials, Setup};
+use super::image::Image;
 use super::reaper::{Entry, Shared};
-use super::scan::MARKER_VAR;
-use super::spec::{EnvBase, Identity, OutputMode, ProcessSpec};
+use super::spec::{Identity, OutputMode, ProcessSpec};
 use super::status::ExitStatus;
 
 /// One spawn order sent to the spawner thread.
@@ -47,12 +48,20 @@ pub(crate) struct Spawned {
 /// Starts the spawner thread. It ends when every sender is dropped (the launcher is gone);
 /// its children then receive their parent-death SIGKILL.
 pub(crate) fn start_thread(shared: Arc<Shared>) -> io::Result<mpsc::Sender<Request>> {
+    // Every child's standard input, and its output when not piped: opened once.
+    let null = OwnedFd::from(
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")?,
+    );
+    let mut stack = ChildStack::new()?;
     let (tx, rx) = mpsc::channel::<Request>();
     thread::Builder::new()
         .name("pc-spawner".into())
         .spawn(move || {
             for request in rx {
-                let result = spawn_one(&shared, &request.spec);
+                let result = spawn_one(&shared, &mut stack, &null, &request.spec);
                 if let Err(Ok(abandoned)) = request.reply.send(result) {
                     // The caller stopped waiting: nobody could ever stop this instance, so
                     // it is killed rather than left running unsupervised. It is still reaped.
@@ -62,76 +71,6 @@ pub(crate) fn start_thread(shared: Arc<Shared>) -> io::Result<mpsc::Sender<Reque
             }
         })?;
     Ok(tx)
-}
-
-/// Credentials to switch to, resolved before the fork (lookups allocate and read files,
-/// which the forked child must not do).
-struct Credentials {
-    uid: Option<Uid>,
-    gid: Gid,
-    groups: Vec<Gid>,
-}
-
-/// Everything the forked child does before `exec`, prepared so that it allocates nothing.
-struct ChildSetup {
-    /// `cgroup.procs` of each hierarchy of the instance's cgroup.
-    cgroup_procs: Vec<CString>,
-    credentials: Option<Credentials>,
-    cwd: Option<CString>,
-    parent: Pid,
-}
-
-impl ChildSetup {
-    /// Runs in the forked child. Only async-signal-safe system calls on pre-built data.
-    fn apply(&self) -> io::Result<()> {
-        // First, while we still have the supervisor's privileges to move ourselves, and
-        // before the program can fork: every process of the instance is born inside.
-        for procs in &self.cgroup_procs {
-            join_cgroup(procs)?;
-        }
-        if let Some(creds) = &self.credentials {
-            unistd::setgroups(&creds.groups)?;
-            unistd::setgid(creds.gid)?;
-            if let Some(uid) = creds.uid {
-                unistd::setuid(uid)?;
-            }
-        }
-        if let Some(cwd) = &self.cwd {
-            unistd::chdir(cwd.as_c_str())?;
-        }
-        // After the credential change, which would clear it.
-        prctl::set_pdeathsig(Signal::SIGKILL)?;
-        // If the supervisor died before the line above, the signal will never come: we were
-        // already reparented, so give up instead of running unsupervised.
-        if unistd::getppid() != self.parent {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
-        }
-        // Own session and process group: the instance can be signalled as a whole, and a
-        // terminal's job control signals never reach it.
-        unistd::setsid()?;
-        Ok(())
-    }
-}
-
-/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` ("0" names the
-/// writer). Runs in the forked child: raw `open`, `write` and `close` only, which are
-/// async-signal-safe, and no allocation (the error is a bare OS error number).
-fn join_cgroup(procs: &CStr) -> io::Result<()> {
-    // SAFETY: `procs` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: writes one byte from a static buffer to the descriptor opened above.
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-    let result = if written == 1 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    };
-    // SAFETY: closes the descriptor opened above, which nothing else uses.
-    unsafe { libc::close(fd) };
-    result
 }
 
 fn lookup_error(what: String) -> impl FnOnce(nix::errno::Errno) -> SpawnError {
@@ -213,15 +152,43 @@ fn check_cwd(cwd: &Path) -> Result<CString, SpawnError> {
     CString::new(cwd.as_os_str().as_bytes()).map_err(|_| SpawnError::InteriorNul { what: "cwd" })
 }
 
-fn stdio(mode: OutputMode) -> Stdio {
-    match mode {
-        OutputMode::Pipe => Stdio::piped(),
-        OutputMode::Null => Stdio::null(),
+/// The three standard descriptors of a child, as the child must see them, and the parent's
+/// ends of its output pipes.
+struct Stdio {
+    /// For fds 0, 1 and 2, in the child (close-on-exec here; `dup2` clears that).
+    child: [OwnedFd; 3],
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+impl Stdio {
+    fn new(spec: &ProcessSpec, null: &OwnedFd) -> io::Result<Self> {
+        let stream = |mode| -> io::Result<(OwnedFd, Option<OwnedFd>)> {
+            match mode {
+                OutputMode::Pipe => {
+                    let (read, write) = unistd::pipe2(OFlag::O_CLOEXEC)?;
+                    Ok((write, Some(read)))
+                }
+                OutputMode::Null => Ok((null.try_clone()?, None)),
+            }
+        };
+        let (out, stdout) = stream(spec.stdout)?;
+        let (err, stderr) = stream(spec.stderr)?;
+        Ok(Stdio {
+            child: [null.try_clone()?, out, err],
+            stdout,
+            stderr,
+        })
     }
 }
 
-/// Forks, execs and registers one instance. Runs on the spawner thread only.
-fn spawn_one(shared: &Shared, spec: &ProcessSpec) -> Result<Spawned, SpawnError> {
+/// Starts and registers one instance. Runs on the spawner thread only.
+fn spawn_one(
+    shared: &Shared,
+    stack: &mut ChildStack,
+    null: &OwnedFd,
+    spec: &ProcessSpec,
+) -> Result<Spawned, SpawnError> {
     let credentials = resolve_credentials(spec.user.as_ref(), spec.group.as_ref())?;
     let cwd = spec.cwd.as_deref().map(check_cwd).transpose()?;
     let cgroup_procs = match &spec.cgroup {
@@ -236,51 +203,29 @@ fn spawn_one(shared: &Shared, spec: &ProcessSpec) -> Result<Spawned, SpawnError>
         None => Vec::new(),
     };
     let (id, marker) = shared.next_marker();
-
-    let mut command = Command::new(&spec.program);
-    command.args(&spec.args);
-    if spec.env_base == EnvBase::Clear {
-        command.env_clear();
-    }
-    for (key, value) in &spec.env {
-        command.env(key, value);
-    }
-    command
-        .env(MARKER_VAR, marker.as_ref())
-        .stdin(Stdio::null())
-        .stdout(stdio(spec.stdout))
-        .stderr(stdio(spec.stderr));
-    let setup = ChildSetup {
+    let image = Image::build(spec, &marker)?;
+    let setup = Setup {
         cgroup_procs,
         credentials,
         cwd,
         parent: shared.supervisor_pid,
     };
-    // SAFETY: the closure runs in the forked child of a multi-threaded process, before exec.
-    // It only issues async-signal-safe system calls (open, write, close, setgroups, setgid,
-    // setuid, chdir, prctl, getppid, setsid) on data prepared before the fork, allocates
-    // nothing, takes no lock, and reports failure through std's close-on-exec pipe.
-    unsafe {
-        command.pre_exec(move || setup.apply());
-    }
+    let stdio = Stdio::new(spec, null).map_err(SpawnError::Pipe)?;
 
-    // The lock is held from fork to registration, and the reaper only calls waitpid with it
-    // held: the child cannot be reaped before its waiter exists, and if exec fails, std's own
-    // waitpid on the child cannot be preempted by ours.
+    // The lock is held from the clone to registration, and the reaper only calls waitpid
+    // with it held: the child cannot be reaped before its waiter exists.
     let mut reg = shared.lock();
     if reg.stopped {
         return Err(SpawnError::LauncherStopped);
     }
-    let mut child = command.spawn().map_err(|source| SpawnError::Exec {
-        program: OsString::from(&spec.program),
-        source,
-    })?;
-    let pid = match i32::try_from(child.id()) {
-        Ok(raw) => Pid::from_raw(raw),
-        Err(_) => {
+    let pid = match fork::start(stack, &image, &stdio.child, &setup) {
+        Ok(pid) => pid,
+        // The child has exited with 127 (or never existed): the reaper collects it, no
+        // waiter needed.
+        Err((_, errno)) => {
             return Err(SpawnError::Exec {
                 program: spec.program.clone(),
-                source: io::Error::from_raw_os_error(libc::ERANGE),
+                source: io::Error::from_raw_os_error(errno),
             })
         }
     };
@@ -317,8 +262,8 @@ fn spawn_one(shared: &Shared, spec: &ProcessSpec) -> Result<Spawned, SpawnError>
         pid,
         marker,
         has_pidfd,
-        stdout: child.stdout.take().map(OwnedFd::from),
-        stderr: child.stderr.take().map(OwnedFd::from),
+        stdout: stdio.stdout,
+        stderr: stdio.stderr,
         exit_rx,
         gone_rx,
     })

@@ -157,37 +157,46 @@ impl Capture {
     }
 
     /// Reads `reader` to EOF (or to its first error), then reports.
-    pub async fn run<R: AsyncRead + Unpin>(self, mut reader: R) -> CaptureReport {
-        let mut report = CaptureReport::default();
-        let mut splitter = LineSplitter::new(self.ring.config().max_line_bytes);
-        let mut buf = vec![0u8; MIN_READ_BUFFER];
-        loop {
-            let n = match reader.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    report.error = Some(LogError::Read {
-                        stream: self.stream,
-                        source,
-                    });
-                    break;
+    ///
+    /// Not an `async fn`: those keep their arguments twice (as passed, and as moved into the
+    /// body), and hundreds of these futures wait on quiet pipes at once.
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    pub fn run<R: AsyncRead + Unpin>(
+        self,
+        mut reader: R,
+    ) -> impl std::future::Future<Output = CaptureReport> {
+        async move {
+            let mut report = CaptureReport::default();
+            let mut splitter = LineSplitter::new(self.ring.config().max_line_bytes);
+            let mut buf = vec![0u8; MIN_READ_BUFFER];
+            loop {
+                let n = match reader.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(source) => {
+                        report.error = Some(LogError::Read {
+                            stream: self.stream,
+                            source,
+                        });
+                        break;
+                    }
+                };
+                report.bytes += n as u64;
+                let now = SystemTime::now();
+                splitter.feed(&buf[..n], now, &mut |raw| self.emit(raw, &mut report));
+                // Grow while the child floods, shrink back when it calms down, so a quiet
+                // process holds a small buffer.
+                if n == buf.len() && buf.len() < MAX_READ_BUFFER {
+                    buf.resize(buf.len() * 2, 0);
+                } else if n < buf.len() / 8 && buf.len() > MIN_READ_BUFFER {
+                    buf.truncate(buf.len() / 2);
+                    buf.shrink_to_fit();
                 }
-            };
-            report.bytes += n as u64;
-            let now = SystemTime::now();
-            splitter.feed(&buf[..n], now, &mut |raw| self.emit(raw, &mut report));
-            // Grow while the child floods, shrink back when it calms down, so a quiet
-            // process holds a small buffer.
-            if n == buf.len() && buf.len() < MAX_READ_BUFFER {
-                buf.resize(buf.len() * 2, 0);
-            } else if n < buf.len() / 8 && buf.len() > MIN_READ_BUFFER {
-                buf.truncate(buf.len() / 2);
-                buf.shrink_to_fit();
             }
+            splitter.finish(&mut |raw| self.emit(raw, &mut report));
+            report
         }
-        splitter.finish(&mut |raw| self.emit(raw, &mut report));
-        report
     }
 
     fn emit(&self, raw: RawLine, report: &mut CaptureReport) {

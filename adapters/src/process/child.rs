@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::error::{SignalError, WaitError};
 use super::launcher::Launcher;
+use super::reaper::Fate;
 use super::status::ExitStatus;
 use super::SignalReport;
 
@@ -21,21 +22,12 @@ pub type OutputPipe = pipe::Receiver;
 #[derive(Debug, Clone)]
 pub struct ChildWatch {
     pid: Pid,
-    exit_rx: watch::Receiver<Option<ExitStatus>>,
-    gone_rx: watch::Receiver<bool>,
+    fate: watch::Receiver<Fate>,
 }
 
 impl ChildWatch {
-    pub(crate) fn new(
-        pid: Pid,
-        exit_rx: watch::Receiver<Option<ExitStatus>>,
-        gone_rx: watch::Receiver<bool>,
-    ) -> Self {
-        ChildWatch {
-            pid,
-            exit_rx,
-            gone_rx,
-        }
+    pub(crate) fn new(pid: Pid, fate: watch::Receiver<Fate>) -> Self {
+        ChildWatch { pid, fate }
     }
 
     /// The leader's pid, so a waiter can log which process it was watching.
@@ -46,20 +38,20 @@ impl ChildWatch {
     /// Resolves when the leader has been reaped, with how it ended. Other processes of the
     /// instance may still be running: see [`ChildWatch::gone`]. Cancel-safe.
     pub async fn exited(&self) -> Result<ExitStatus, WaitError> {
-        let mut rx = self.exit_rx.clone();
-        let status = rx
-            .wait_for(Option::is_some)
+        let mut rx = self.fate.clone();
+        let fate = rx
+            .wait_for(|fate| fate.exit.is_some())
             .await
             .map_err(|_| WaitError::ReaperStopped)?;
-        (*status).ok_or(WaitError::ReaperStopped)
+        fate.exit.ok_or(WaitError::ReaperStopped)
     }
 
     /// Resolves when no process of the instance remains: leader reaped, process group empty,
     /// and no marked descendant alive. Only then may a replacement safely start (ports and
     /// lock files are free). Cancel-safe.
     pub async fn gone(&self) -> Result<(), WaitError> {
-        let mut rx = self.gone_rx.clone();
-        rx.wait_for(|gone| *gone)
+        let mut rx = self.fate.clone();
+        rx.wait_for(|fate| fate.gone)
             .await
             .map(|_| ())
             .map_err(|_| WaitError::ReaperStopped)
@@ -67,12 +59,12 @@ impl ChildWatch {
 
     /// The leader's status if it has already been reaped, for synchronous callers.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *self.exit_rx.borrow()
+        self.fate.borrow().exit
     }
 
     /// Whether [`ChildWatch::gone`] has already resolved.
     pub fn is_gone(&self) -> bool {
-        *self.gone_rx.borrow()
+        self.fate.borrow().gone
     }
 }
 

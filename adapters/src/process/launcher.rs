@@ -142,7 +142,7 @@ impl Launcher {
             spawned.has_pidfd,
             stdout,
             stderr,
-            ChildWatch::new(spawned.pid, spawned.exit_rx, spawned.gone_rx),
+            ChildWatch::new(spawned.pid, spawned.fate),
             self.clone(),
         ))
     }

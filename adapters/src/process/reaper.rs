@@ -63,8 +63,17 @@ pub(crate) struct Entry {
     /// Once seen empty after the leader was reaped, a process group can never refill, and its
     /// id may be reused: it is never signalled again.
     pub(crate) group_empty: bool,
-    pub(crate) exit_tx: watch::Sender<Option<ExitStatus>>,
-    pub(crate) gone_tx: watch::Sender<bool>,
+    pub(crate) fate: watch::Sender<Fate>,
+}
+
+/// What is known of an instance's end, in one channel (each channel costs a few hundred
+/// bytes, and hundreds of instances wait at once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Fate {
+    /// The leader's status, once it is reaped.
+    pub(crate) exit: Option<ExitStatus>,
+    /// No process of the instance remains.
+    pub(crate) gone: bool,
 }
 
 impl Entry {
@@ -180,7 +189,7 @@ impl Shared {
         for id in gone {
             if let Some(entry) = reg.instances.remove(id) {
                 tracing::debug!(leader = entry.leader.as_raw(), marker = %entry.marker, "instance gone");
-                entry.gone_tx.send_replace(true);
+                entry.fate.send_modify(|fate| fate.gone = true);
             }
         }
     }
@@ -560,7 +569,7 @@ fn reap_all(reg: &mut Registry) -> usize {
             tracing::debug!(pid, %status, "leader exited");
             entry.leader_reaped = true;
             entry.pidfd = None;
-            entry.exit_tx.send_replace(Some(status));
+            entry.fate.send_modify(|fate| fate.exit = Some(status));
         }
     }
     reaped

@@ -23,9 +23,8 @@ use tokio::sync::{oneshot, watch};
 use super::error::SpawnError;
 use super::fork::{self, ChildStack, Credentials, Setup};
 use super::image::Image;
-use super::reaper::{Entry, Shared};
+use super::reaper::{Entry, Fate, Shared};
 use super::spec::{Identity, OutputMode, ProcessSpec};
-use super::status::ExitStatus;
 
 /// One spawn order sent to the spawner thread.
 pub(crate) struct Request {
@@ -41,8 +40,7 @@ pub(crate) struct Spawned {
     pub(crate) has_pidfd: bool,
     pub(crate) stdout: Option<OwnedFd>,
     pub(crate) stderr: Option<OwnedFd>,
-    pub(crate) exit_rx: watch::Receiver<Option<ExitStatus>>,
-    pub(crate) gone_rx: watch::Receiver<bool>,
+    pub(crate) fate: watch::Receiver<Fate>,
 }
 
 /// Starts the spawner thread. It ends when every sender is dropped (the launcher is gone);
@@ -238,8 +236,7 @@ fn spawn_one(
         }
     };
     let has_pidfd = pidfd.is_some();
-    let (exit_tx, exit_rx) = watch::channel(None);
-    let (gone_tx, gone_rx) = watch::channel(false);
+    let (fate_tx, fate) = watch::channel(Fate::default());
     reg.leaders.insert(pid.as_raw(), id);
     reg.instances.insert(
         id,
@@ -250,8 +247,7 @@ fn spawn_one(
             cgroup: spec.cgroup.clone(),
             leader_reaped: false,
             group_empty: false,
-            exit_tx,
-            gone_tx,
+            fate: fate_tx,
         },
     );
     drop(reg);
@@ -264,7 +260,6 @@ fn spawn_one(
         has_pidfd,
         stdout: stdio.stdout,
         stderr: stdio.stderr,
-        exit_rx,
-        gone_rx,
+        fate,
     })
 }

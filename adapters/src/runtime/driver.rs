@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use processcontrol_core::{Effect, Input, Machine, Timestamp, Usage};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::event::Event;
 use super::status::{breaker_name, Status};
@@ -18,7 +18,7 @@ pub(crate) struct Driver {
     pub(crate) machine: Machine,
     pub(crate) ports: Ports,
     pub(crate) reporter: Reporter,
-    pub(crate) mail: mpsc::UnboundedReceiver<Mail>,
+    pub(crate) mail: flume::Receiver<Mail>,
     pub(crate) status: watch::Sender<Status>,
     /// Facts produced while executing effects (spawn results), fed before new mail.
     pub(crate) queue: VecDeque<Input>,
@@ -32,7 +32,10 @@ pub(crate) struct Driver {
 
 impl Driver {
     /// Runs until shut down (by the handle, or its drop) and the process is at rest.
-    pub(crate) async fn run(mut self) {
+    ///
+    /// Takes the driver boxed: an async fn keeps its by-value argument and the moved-in
+    /// locals as separate fields, so `run(self)` made each task carry the driver twice.
+    pub(crate) async fn run(mut self: Box<Self>) {
         // One sleep, re-armed after every step to the machine's single deadline.
         let sleep = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(sleep);
@@ -48,7 +51,7 @@ impl Driver {
                     sleep.as_mut().reset(self.ports.clock.instant(d.at));
                 }
                 tokio::select! {
-                    mail = self.mail.recv() => match mail {
+                    mail = self.mail.recv_async() => match mail.ok() {
                         Some(Mail::Fact(input)) => self.admit(input),
                         // The handle sends this when dropped too, so a process is never left
                         // running by a handle that went away.
@@ -62,7 +65,9 @@ impl Driver {
                     () = &mut sleep, if deadline.is_some() => Input::Tick,
                 }
             };
-            self.step(input).await;
+            // Boxed: a step holds the machine's whole outcome across awaits, and an idle
+            // process should not keep room for one in its task (500 processes, 500 tasks).
+            Box::pin(self.step(input)).await;
         }
     }
 
@@ -95,7 +100,7 @@ impl Driver {
             let event = Event::from_notification(&self.name, n, self.last_error.as_deref(), pid);
             tracing::debug!(process = %self.name, event = %event.to_json_line(), "event");
             // No subscriber is fine.
-            let _ = self.ports.events.send(event);
+            let _ = self.ports.events.send(Arc::new(event));
         }
         self.publish_status(now);
     }
@@ -160,5 +165,23 @@ impl Driver {
             rss: usage.map(|u| u.memory),
             cpu: usage.and_then(|u| u.cpu),
         });
+    }
+}
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        eprintln!("Driver {}", size_of::<super::Driver>());
+        eprintln!("Machine {}", size_of::<processcontrol_core::Machine>());
+        eprintln!("Outcome {}", size_of::<processcontrol_core::Outcome>());
+        eprintln!("Status {}", size_of::<super::Status>());
+        eprintln!("Mail {}", size_of::<crate::ports::Mail>());
+        eprintln!("Ports {}", size_of::<crate::ports::Ports>());
+        eprintln!("Reporter {}", size_of::<crate::ports::Reporter>());
+        eprintln!("Sleep {}", size_of::<tokio::time::Sleep>());
+        eprintln!("Input {}", size_of::<processcontrol_core::Input>());
+        eprintln!("Usage {}", size_of::<processcontrol_core::Usage>());
+        eprintln!("Child {}", size_of::<crate::process::Child>());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use processcontrol_core::{Input, Machine, Policy, PolicyErrors, RestartCause};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::driver::Driver;
@@ -27,9 +27,9 @@ pub enum CommandError {
 #[derive(Debug)]
 pub struct Supervisor {
     name: Arc<str>,
-    mail: mpsc::UnboundedSender<Mail>,
+    mail: flume::Sender<Mail>,
     status: watch::Receiver<Status>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<Arc<Event>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -53,7 +53,7 @@ impl Supervisor {
     ) -> Result<Supervisor, PolicyErrors> {
         let machine = Machine::new(policy)?;
         let name: Arc<str> = name.into();
-        let (mail_tx, mail) = mpsc::unbounded_channel();
+        let (mail_tx, mail) = flume::unbounded();
         let mut status = Status::new(name.clone());
         let mut queue = VecDeque::new();
         if start {
@@ -77,7 +77,7 @@ impl Supervisor {
             usage: None,
             closing: false,
         };
-        let task = tokio::spawn(driver.run());
+        let task = tokio::spawn(Box::new(driver).run());
         Ok(Supervisor {
             name,
             mail: mail_tx,
@@ -194,7 +194,7 @@ impl Drop for Supervisor {
 /// The events of one process.
 #[derive(Debug)]
 pub struct Events {
-    rx: broadcast::Receiver<Event>,
+    rx: broadcast::Receiver<Arc<Event>>,
     process: Arc<str>,
 }
 
@@ -204,7 +204,7 @@ impl Events {
         loop {
             let event = self.rx.recv().await?;
             if event.process == self.process {
-                return Ok(event);
+                return Ok(Arc::unwrap_or_clone(event));
             }
         }
     }
@@ -214,7 +214,7 @@ impl Events {
         loop {
             let event = self.rx.try_recv()?;
             if event.process == self.process {
-                return Ok(event);
+                return Ok(Arc::unwrap_or_clone(event));
             }
         }
     }

@@ -127,8 +127,8 @@ pub struct Group {
     members: Mutex<BTreeMap<String, Running>>,
     /// Configuration order, for start and (reversed) stop.
     order: Mutex<Vec<String>>,
-    events: broadcast::Sender<Event>,
-    history: Arc<Mutex<VecDeque<Event>>>,
+    events: broadcast::Sender<Arc<Event>>,
+    history: Arc<Mutex<VecDeque<Arc<Event>>>>,
     counters: Arc<Mutex<Counters>>,
     /// Copies the host's events into the group's history, counters and stream.
     forwarder: JoinHandle<()>,
@@ -294,13 +294,13 @@ impl Group {
     }
 
     /// Every event of every process from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
     }
 
     /// The most recent events (up to 1000), oldest first, and a receiver for the next ones,
     /// taken together so none is missed or doubled.
-    pub fn follow(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+    pub fn follow(&self) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let history = self.history.lock().expect("never poisoned");
         (history.iter().cloned().collect(), self.events.subscribe())
     }
@@ -394,9 +394,9 @@ async fn gate(
 
 /// Copies the host's events into the group's stream, history and counters.
 async fn forward(
-    mut events: broadcast::Receiver<Event>,
-    to: broadcast::Sender<Event>,
-    history: Arc<Mutex<VecDeque<Event>>>,
+    mut events: broadcast::Receiver<Arc<Event>>,
+    to: broadcast::Sender<Arc<Event>>,
+    history: Arc<Mutex<VecDeque<Arc<Event>>>>,
     counters: Arc<Mutex<Counters>>,
 ) {
     use crate::runtime::What;

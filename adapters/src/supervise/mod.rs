@@ -1,6 +1,7 @@
 //! Supervising real processes: a process specification, the real ports (launcher, log
 //! capture, probes, sampler) behind the runtime, and the host they share.
 
+mod all;
 mod group;
 mod host;
 mod notify_watch;

@@ -1,12 +1,11 @@
 //! The [`Processes`] port on the real OS: the launcher starts each instance in its own session
-//! and process group, its output is captured line by line, and a small task per instance turns
+//! and process group, and one task per instance captures its output line by line and turns
 //! "leader reaped" and "nothing left" into the facts `Exited` and `Gone`.
 //!
 //! With a cgroup plan, each instance also gets its own cgroup under the host's parent
 //! cgroup, created before the spawn and removed once the instance is gone; a leader killed
 //! by SIGKILL while the cgroup's OOM-kill counter is non-zero is reported as `OomKilled`.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use processcontrol_core::{ExitStatus, Input, Instance, Pid, Signal, SpawnError};
 
+use super::all::All3;
 use super::notify_watch::NotifyWatch;
 use super::spec::{CgroupSpec, NotifySpec};
 use crate::cgroup::{CgroupParent, InstanceCgroup};
@@ -29,8 +29,9 @@ pub(crate) struct OsProcesses {
     pub(crate) ring: Arc<LogRing>,
     pub(crate) printer: Option<Printer>,
     pub(crate) file: Option<FileSink>,
-    /// Instances not yet gone, for signals.
-    pub(crate) children: Arc<Mutex<HashMap<Instance, Child>>>,
+    /// Instances not yet gone, for signals: one, or briefly two while a gone instance's task
+    /// finishes after the next was started (a list, because a map preallocates more).
+    pub(crate) children: Arc<Mutex<Vec<(Instance, Child)>>>,
     /// Where each instance's cgroup is created, when the spec asks for one and the host
     /// could create its parent cgroup.
     pub(crate) cgroup: Option<CgroupPlan>,
@@ -108,11 +109,7 @@ impl Processes for OsProcesses {
                 return Err(spawn_failure(e));
             }
         };
-        for (stream, pipe) in [
-            (Stream::Stdout, child.take_stdout()),
-            (Stream::Stderr, child.take_stderr()),
-        ] {
-            let Some(pipe) = pipe else { continue };
+        let capture = |stream, pipe: Option<process::OutputPipe>| {
             let mut capture = Capture::new(self.ring.clone(), stream, instance.0);
             if let Some(printer) = &self.printer {
                 capture = capture.with_printer(printer.clone());
@@ -120,26 +117,33 @@ impl Processes for OsProcesses {
             if let Some(file) = &self.file {
                 capture = capture.with_file(file.clone());
             }
-            if let Err(e) = capture.spawn(pipe) {
-                tracing::warn!(process = %self.name, error = %e, "output not captured");
-            }
-        }
+            pipe.map(|pipe| capture.run(pipe))
+        };
+        let stdout = capture(Stream::Stdout, child.take_stdout());
+        let stderr = capture(Stream::Stderr, child.take_stderr());
         let pid = child.pid();
         if let Some(notify) = &notify {
             notify.spawned(pid);
         }
         let watch = child.watch();
-        self.children
-            .lock()
-            .expect("the children map is never poisoned: no code panics while holding it")
-            .insert(instance, child);
+        {
+            let mut children = self
+                .children
+                .lock()
+                .expect("the children list is never poisoned: no code panics while holding it");
+            // Room for this one only: a first push would reserve four.
+            children.reserve_exact(1);
+            children.push((instance, child));
+        }
         let children = self.children.clone();
         let name = self.name.clone();
-        tokio::spawn(async move {
+        let end = async move {
             // Both waits end with the reaper at the latest (then nothing more can be known).
             if let Ok(status) = watch.exited().await {
                 let status = match &cgroup {
-                    Some(cgroup) => oom_or(status, cgroup).await,
+                    // Boxed, like the removal below: only instances with a cgroup need room
+                    // for these waits.
+                    Some(cgroup) => Box::pin(oom_or(status, cgroup)).await,
                     None => exit_status(status),
                 };
                 report.fact(Input::Exited { instance, status });
@@ -150,15 +154,16 @@ impl Processes for OsProcesses {
                 // Removed before `Gone` is reported, so that whoever reacts to it finds no
                 // leftover (the next instance's cgroup has another name anyway).
                 if let Some(cgroup) = &cgroup {
-                    remove_cgroup(&name, cgroup).await;
+                    Box::pin(remove_cgroup(&name, cgroup)).await;
                 }
                 report.fact(Input::Gone { instance });
             }
             children
                 .lock()
-                .expect("the children map is never poisoned")
-                .remove(&instance);
-        });
+                .expect("the children list is never poisoned")
+                .retain(|(i, _)| *i != instance);
+        };
+        tokio::spawn(All3::new(stdout, stderr, Some(end)));
         Ok(pid)
     }
 
@@ -199,9 +204,9 @@ impl OsProcesses {
         let children = self
             .children
             .lock()
-            .expect("the children map is never poisoned");
+            .expect("the children list is never poisoned");
         // An instance already gone has nothing left to signal.
-        if let Some(child) = children.get(&instance) {
+        if let Some((_, child)) = children.iter().find(|(i, _)| *i == instance) {
             if let Err(e) = f(child) {
                 tracing::debug!(process = %self.name, %instance, error = %e, "signal not delivered");
             }

@@ -132,6 +132,14 @@ async fn fleet(n: usize, grace_ms: u64, argv: Vec<String>) -> Result<(), String>
             .collect::<Vec<_>>()
             .join(",")
     ));
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let heap = unsafe { libc::mallinfo2() };
+    say(&format!(
+        "heap_in_use={} heap_mapped={} heap_arena={}",
+        heap.uordblks + heap.hblkhd,
+        heap.hblkhd,
+        heap.arena
+    ));
     say("READY");
 
     // Idle until told to stop (the driver measures us meanwhile), or until stdin closes.

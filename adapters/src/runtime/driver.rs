@@ -167,21 +167,3 @@ impl Driver {
         });
     }
 }
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!("Driver {}", size_of::<super::Driver>());
-        eprintln!("Machine {}", size_of::<processcontrol_core::Machine>());
-        eprintln!("Outcome {}", size_of::<processcontrol_core::Outcome>());
-        eprintln!("Status {}", size_of::<super::Status>());
-        eprintln!("Mail {}", size_of::<crate::ports::Mail>());
-        eprintln!("Ports {}", size_of::<crate::ports::Ports>());
-        eprintln!("Reporter {}", size_of::<crate::ports::Reporter>());
-        eprintln!("Sleep {}", size_of::<tokio::time::Sleep>());
-        eprintln!("Input {}", size_of::<processcontrol_core::Input>());
-        eprintln!("Usage {}", size_of::<processcontrol_core::Usage>());
-        eprintln!("Child {}", size_of::<crate::process::Child>());
-    }
-}

@@ -1,6 +1,6 @@
 //! The program image of one instance: its resolved path, argument vector and environment,
-//! built before the fork as C strings and pointer arrays, because the forked child of a
-//! multi-threaded process must not allocate.
+//! built before the clone as C strings and pointer arrays, because the child of a
+//! multi-threaded process must not allocate before it execs.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -21,7 +21,7 @@ use super::spec::{EnvBase, ProcessSpec};
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// `execve`'s three arguments, ready to pass. The pointer arrays point into the strings
-/// owned alongside them, so the image must outlive the fork; it never leaves the spawner
+/// owned alongside them, so the image must outlive the clone; it never leaves the spawner
 /// thread (the raw pointers make it `!Send`).
 pub(crate) struct Image {
     path: CString,
@@ -33,7 +33,7 @@ pub(crate) struct Image {
 
 impl Image {
     /// Resolves the program and builds the vectors. A program that cannot be found or run is
-    /// reported here, before anything forks, with the error `execvp` would have given.
+    /// reported here, before any child exists, with the error `execvp` would have given.
     pub(crate) fn build(spec: &ProcessSpec, marker: &str) -> Result<Self, SpawnError> {
         let env = environment(spec, marker);
         let search = env
@@ -72,7 +72,7 @@ impl Image {
     }
 
     /// Replaces the calling process with the program. Returns only on failure, with the OS
-    /// error number. Async-signal-safe: one system call on data built before the fork.
+    /// error number. Async-signal-safe: one system call on data built before the clone.
     pub(crate) fn exec(&self) -> i32 {
         // SAFETY: the path and both arrays are NUL-terminated and point into strings owned by
         // `self`, which lives across the call.

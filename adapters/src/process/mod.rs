@@ -24,10 +24,9 @@
 //! statuses would be stolen; exec probes go through [`run_exec_probe`].
 //!
 //! Spawn and reap cannot race: the reaper calls `waitpid` with the registry lock held, and
-//! the spawner holds that lock from `fork` until the new leader is registered (not until its
-//! `exec`, which the caller awaits on a close-on-exec pipe). So a leader that exits at once
-//! is reaped only after it has a waiter; one whose `exec` failed exits with 127 and is
-//! reaped like the others.
+//! the spawner holds that lock from the clone until the new leader is registered. So a leader
+//! that exits at once is reaped only after it has a waiter; one whose `exec` failed exits
+//! with 127 and is reaped like the others.
 //!
 //! # When is an instance `gone`?
 //!
@@ -124,8 +123,9 @@
 //!
 //! # Dying with the supervisor
 //!
-//! Children are forked by one dedicated, long-lived OS thread, because `PR_SET_PDEATHSIG`
-//! fires when the forking *thread* exits (tokio's blocking-pool threads retire when idle).
+//! Children are started by one dedicated, long-lived OS thread (with
+//! `clone(CLONE_VM | CLONE_VFORK)`, see `fork.rs`), because `PR_SET_PDEATHSIG` fires when
+//! the *thread* that created the child exits (tokio's blocking-pool threads retire when idle).
 //! In the child, after switching credentials (which would clear it) the setup sets
 //! `PR_SET_PDEATHSIG(SIGKILL)`, then checks `getppid()` to catch a supervisor that died
 //! before that, then calls `setsid`. So if the supervisor is SIGKILLed, every leader dies.

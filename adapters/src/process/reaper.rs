@@ -2,7 +2,7 @@
 //!
 //! Every child of the supervisor process is reaped here, by one `waitpid(-1, WNOHANG)` loop
 //! driven by SIGCHLD. The loop runs with the registry lock held, and the spawner holds the
-//! same lock from `fork` until the new leader is registered: so a status is never reaped
+//! same lock from the clone until the new leader is registered: so a status is never reaped
 //! before its waiter exists. A child whose `exec` failed exits with 127 and is reaped here
 //! like any other leader.
 

@@ -1,4 +1,4 @@
-//! The spawner: one long-lived OS thread that forks every child.
+//! The spawner: one long-lived OS thread that starts every child.
 //!
 //! `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process;
 //! tokio's blocking pool retires idle threads, which would kill their children. A dedicated

@@ -67,6 +67,7 @@
 
 mod backoff;
 mod breaker;
+mod gate;
 mod health;
 mod input;
 mod limits;
@@ -79,6 +80,7 @@ pub mod sim;
 mod time;
 pub mod units;
 
+pub use gate::{Condition, Gate, GateState, Observed};
 pub use input::{
     ExitStatus, Input, Instance, Pid, ProbeResult, ProbeRole, RestartCause, SpawnError, Usage,
 };

@@ -15,7 +15,6 @@ mod process;
 mod program;
 mod value;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,12 +82,6 @@ pub struct ProcessEntry {
 
 /// What a dependent waits for before it starts (the group applies it).
 pub use crate::supervise::Condition;
-
-impl fmt::Display for Condition {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 impl Config {
     /// Start layers: every process comes after all it depends on, processes of one layer do

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use processcontrol_core::StateName;
+use processcontrol_core::{Condition, Gate, GateState, Observed, StateName};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -18,39 +18,6 @@ use crate::runtime::{CommandError, Event, Status, Supervisor};
 
 /// How many recent events the group keeps for `events` without `--follow`.
 const HISTORY: usize = 1000;
-
-/// When a dependency counts as met.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Condition {
-    /// It is running.
-    Started,
-    /// It is running and ready (its readiness probe passed; without one, running is ready).
-    Healthy,
-    /// It exited successfully, for good (a one-shot job such as a migration).
-    Completed,
-}
-
-impl Condition {
-    /// The name users write.
-    pub fn name(self) -> &'static str {
-        match self {
-            Condition::Started => "started",
-            Condition::Healthy => "healthy",
-            Condition::Completed => "completed",
-        }
-    }
-
-    fn met(self, status: &Status, has_readiness: bool) -> bool {
-        match self {
-            Condition::Started => status.state == StateName::Running,
-            Condition::Healthy => {
-                status.state == StateName::Running && (status.ready || !has_readiness)
-            }
-            Condition::Completed => status.state == StateName::Exited && status.instance.is_none(),
-        }
-    }
-}
 
 /// One process of a group, as configured.
 #[derive(Clone, Debug)]
@@ -354,38 +321,57 @@ fn wanted_order(
     order
 }
 
-/// Holds back `Start` until every dependency meets its condition, publishing why meanwhile.
+/// Holds back `Start` until the core's gate opens, publishing what it waits for meanwhile.
+/// It decides nothing: it shows the gate each status of the awaited dependency.
 async fn gate(
     group: Arc<Group>,
     sup: Arc<Supervisor>,
     depends_on: Vec<(String, Condition)>,
     blocked: watch::Sender<Option<String>>,
 ) {
-    for (dep, condition) in depends_on {
-        let reason = format!("waiting for {dep} to be {}", condition.name());
+    let mut gate = Gate::new(depends_on);
+    while let GateState::Waiting {
+        dependency,
+        condition,
+    } = gate.state()
+    {
+        let dependency = dependency.to_owned();
+        let reason = format!("waiting for {dependency} to be {condition}");
         blocked.send_replace(Some(reason.clone()));
+        let found = {
+            let members = group.members.lock().expect("never poisoned");
+            members.get(&dependency).map(|r| {
+                let has_readiness = r.member.spec.probes.readiness.is_some();
+                (r.sup.watch_status(), has_readiness)
+            })
+        };
+        let Some((mut status, has_readiness)) = found else {
+            // Validation rejects unknown dependencies; one removed later blocks for good.
+            blocked.send_replace(Some(format!("{reason} (no such process)")));
+            return;
+        };
         loop {
-            let found = {
-                let members = group.members.lock().expect("never poisoned");
-                members.get(&dep).map(|r| {
-                    let has_readiness = r.member.spec.probes.readiness.is_some();
-                    (r.sup.watch_status(), has_readiness)
-                })
+            let seen = {
+                let s = status.borrow_and_update();
+                Observed {
+                    state: s.state,
+                    ready: s.ready,
+                    has_readiness,
+                    has_instance: s.instance.is_some(),
+                }
             };
-            let Some((mut status, has_readiness)) = found else {
-                // Validation rejects unknown dependencies; one removed later blocks for good.
-                blocked.send_replace(Some(format!("{reason} (no such process)")));
-                return;
-            };
-            let met = status
-                .wait_for(|s| condition.met(s, has_readiness))
-                .await
-                .is_ok();
-            if met {
+            let still = matches!(
+                gate.observe(&dependency, &seen),
+                GateState::Waiting { dependency: d, .. } if d == dependency
+            );
+            if !still {
                 break;
             }
-            // That supervisor ended (a reload replaced or removed it): look again.
-            tokio::task::yield_now().await;
+            if status.changed().await.is_err() {
+                // That supervisor ended (a reload replaced or removed it): look again.
+                tokio::task::yield_now().await;
+                break;
+            }
         }
     }
     blocked.send_replace(None);

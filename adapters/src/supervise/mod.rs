@@ -9,8 +9,10 @@ mod os_processes;
 mod spec;
 mod watchers;
 
-pub use group::{Condition, Counters, Group, GroupError, Member, MemberStatus, ReloadReport};
+pub use group::{Counters, Group, GroupError, Member, MemberStatus, ReloadReport};
 pub use host::{Host, HostConfig, SuperviseError};
+/// When a dependent may start; decided by the core's [`Gate`](processcontrol_core::Gate).
+pub use processcontrol_core::Condition;
 pub use spec::{
     CgroupSpec, CheckSpec, Echo, LogSpec, NotifySpec, ProbeSpec, ProbeSpecs, ProcessSpec,
     SpecErrors, SpecProblem,

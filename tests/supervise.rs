@@ -11,7 +11,9 @@ use processcontrol::{
     BackoffPolicy, BreakerPolicy, Cooldown, LimitAction, LimitRule, ProcessSpec, Resource,
     RestartPolicy, StateName, What,
 };
-use support::{alive, assert_no_zombies, fast_backoff, host, run, sh, wait_for, wait_for_line};
+use support::{
+    alive, assert_no_zombies, fast_backoff, host, run, sh, wait_exec, wait_for, wait_for_line,
+};
 
 #[test]
 fn crash_restarts_after_backoff_until_the_breaker_opens() {
@@ -236,6 +238,9 @@ fn kill_reaches_grandchildren_and_double_forked_daemons() {
         all.push(status.pid.unwrap());
         assert_eq!(all.len(), 3);
         assert!(all.iter().all(|p| alive(*p)));
+        // Both helpers have become `sleep`: a process caught in the middle of a slow exec on
+        // a loaded machine is not recognised yet (see the process module's documentation).
+        wait_exec(&all[..2], "sleep").await;
         sup.kill().unwrap();
         wait_for(&sup, "killed and gone", |s| {
             s.state == StateName::Killed && s.instance.is_none()

@@ -76,6 +76,21 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Waits until each of `pids` runs `program` (its exec has completed: until then its
+/// environment, and so its instance marker, cannot be read).
+pub async fn wait_exec(pids: &[u32], program: &str) {
+    let comm = |p: &u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    let all_there = async {
+        while pids.iter().any(|p| comm(p).trim_end() != program) {
+            // /proc has no event for "this process finished its exec".
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, all_there)
+        .await
+        .unwrap_or_else(|_| panic!("not all of {pids:?} run {program}"));
+}
+
 /// Waits until none of `pids` is alive.
 pub async fn wait_dead(pids: &[u32]) {
     let all_dead = async {

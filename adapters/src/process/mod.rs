@@ -47,7 +47,10 @@
 //! zombie is notified to its new parent too. The exception is a descendant that cleared its
 //! environment (so carries no marker) *and* left the group: it is invisible to this module,
 //! and if it is the parent of the last marked process, `gone` may resolve late (at the next
-//! reap) rather than on time.
+//! reap) rather than on time. The same goes, for a moment, for a process outside the group
+//! that is in the middle of an `exec`: its environment reads as empty until the new program
+//! is mapped, which is re-read for up to ~31 ms; on a machine so loaded that an exec takes
+//! longer, such a process is neither signalled nor counted at that moment.
 //!
 //! Once a group has been seen empty after its leader was reaped it is never signalled again:
 //! an empty group cannot refill, and its id may be reused by an unrelated new session.

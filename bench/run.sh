@@ -80,42 +80,13 @@ log "supervisord $("$SUPERVISORD" --version)"
 
 # 3. ProcessControl's side: the `scenarios` bench target of the root crate.
 cd "$ROOT"
-if grep -q '^name = "scenarios"' Cargo.toml; then
-    log "building the scenarios bench (cargo bench --no-run)"
-    PC_BIN=$(cargo bench --bench scenarios --no-run --message-format=json |
-        "$PY" -c 'import json,sys
+log "building the scenarios bench (cargo bench --no-run)"
+PC_BIN=$(cargo bench --bench scenarios --no-run --message-format=json |
+    "$PY" -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "scenarios" and m.get("executable"):
         print(m["executable"])')
-else
-    # Until the [[bench]] entry is in Cargo.toml: the same file as a standalone crate that
-    # depends on the workspace by path (same lock file, so the same dependency versions).
-    CRATE=${PCBENCH_CRATE:-$HOME/.cache/pcbench/crate}
-    log "no [[bench]] scenarios entry in Cargo.toml yet: building $CRATE"
-    mkdir -p "$CRATE"
-    cat >"$CRATE/Cargo.toml" <<EOF
-[package]
-name = "pcbench-scenarios"
-version = "0.0.0"
-edition = "2021"
-publish = false
-
-[workspace]
-
-[dependencies]
-processcontrol = { path = "$ROOT" }
-tokio = { version = "1", features = ["rt-multi-thread", "macros", "process", "signal", "time", "sync", "io-util", "net", "fs"] }
-libc = "0.2"
-
-[[bin]]
-name = "scenarios"
-path = "$ROOT/benches/scenarios.rs"
-EOF
-    [ -f "$CRATE/Cargo.lock" ] || cp "$ROOT/Cargo.lock" "$CRATE/Cargo.lock"
-    (cd "$CRATE" && { cargo build --release --offline -q 2>/dev/null || cargo build --release -q; })
-    PC_BIN=$CRATE/target/release/scenarios
-fi
 [ -x "$PC_BIN" ] || { log "no scenarios binary"; exit 1; }
 
 # 4. Measure.

@@ -82,7 +82,7 @@ CAP=290
 if [ -z "$BIN" ]; then
     log "building the release binary"
     (cd "$ROOT" && timeout -k 5 $((CAP - 70)) cargo build --release --quiet --bin processcontrol)
-    BIN=$ROOT/target/release/processcontrol
+    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/processcontrol
 fi
 # A private copy: a rebuild of target/ during the runs does not change what is measured.
 cp "$BIN" "$WORK/processcontrol"

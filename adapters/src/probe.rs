@@ -15,7 +15,7 @@ mod tcp;
 use std::future::Future;
 use std::time::Duration;
 
-pub use self::http::HttpProbe;
+pub use self::http::{HttpProbe, MAX_BODY_READ, MAX_CONNECTION_AGE};
 pub use self::schedule::{ProbeReport, ProbeSchedule, ProbeTask};
 pub use self::tcp::TcpProbe;
 

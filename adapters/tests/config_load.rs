@@ -156,7 +156,8 @@ fn full_example_loads() {
         liveness.check,
         CheckSpec::Http {
             url: "http://127.0.0.1:8080/healthz".into(),
-            host: Some("example.com".into())
+            host: Some("example.com".into()),
+            reuse_connection: true,
         }
     );
     assert_eq!(liveness.period, Duration::from_secs(5));
@@ -334,6 +335,60 @@ limits.threads = { max = 64, action = "kill" }
     );
     assert_eq!(spec.policy.limits.rules[0].max, 1 << 20);
     assert_eq!(spec.policy.limits.rules[1].action, LimitAction::Kill);
+}
+
+#[test]
+fn http_probe_reuse_connection_defaults_to_true_and_can_be_turned_off() {
+    let dir = fixture("http_probe_reuse_connection");
+    let text = r#"
+[processes.kept]
+command = "sleep 1000"
+liveness = { http = "http://127.0.0.1:8080/healthz" }
+readiness = { http = "http://127.0.0.1:8080/ready", reuse_connection = true }
+
+[processes.fresh]
+command = "sleep 1000"
+liveness = { http = "http://127.0.0.1:8081/healthz", host = "svc.example", reuse_connection = false }
+"#;
+    let config = parse_in(&dir, text);
+    let probes = |i: usize| config.processes[i].spec.probes.clone();
+    let kept = probes(0);
+    assert_eq!(
+        kept.liveness.unwrap().check,
+        CheckSpec::Http {
+            url: "http://127.0.0.1:8080/healthz".into(),
+            host: None,
+            reuse_connection: true,
+        }
+    );
+    assert!(matches!(
+        kept.readiness.unwrap().check,
+        CheckSpec::Http {
+            reuse_connection: true,
+            ..
+        }
+    ));
+    assert_eq!(
+        probes(1).liveness.unwrap().check,
+        CheckSpec::Http {
+            url: "http://127.0.0.1:8081/healthz".into(),
+            host: Some("svc.example".into()),
+            reuse_connection: false,
+        }
+    );
+    for entry in &config.processes {
+        entry.spec.validate().unwrap();
+    }
+    // The spec's builder says the same as the file.
+    let built = processcontrol_adapters::supervise::ProbeSpec::http("http://127.0.0.1:8081/")
+        .reuse_connection(false);
+    assert!(matches!(
+        built.check,
+        CheckSpec::Http {
+            reuse_connection: false,
+            ..
+        }
+    ));
 }
 
 fn fingerprints(dir: &Path, text: &str) -> Vec<u64> {

@@ -2,7 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use processcontrol_adapters::probe::{FailureReason, HttpProbe, ProbeConfigError, ProbeOutcome};
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use processcontrol_adapters::probe::{
+    FailureReason, HttpProbe, ProbeConfigError, ProbeOutcome, MAX_CONNECTION_AGE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -261,6 +267,462 @@ async fn localhost_name_is_resolved() {
     .unwrap();
     // localhost may resolve to ::1 first; the probe must fall back to 127.0.0.1.
     assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+}
+
+// ----- connection reuse ------------------------------------------------------------------
+
+/// What the keep-alive server does with one request.
+#[derive(Clone, Copy, Debug)]
+enum Reply {
+    /// 200 with a 2-byte body; the connection stays open for more requests.
+    Ok,
+    /// This status with a 2-byte body; the connection stays open.
+    Status(u16),
+    /// 200, then the server closes the connection (without announcing it in a header), as
+    /// a server with a very short keep-alive idle timeout does.
+    OkThenClose,
+    /// 200 with `Connection: close`, but the server keeps its end open.
+    OkSayingClose,
+    /// 200 announcing 1 MiB, 200 KiB of it sent, then nothing more.
+    BigBody,
+    /// Close the connection without answering.
+    Close,
+    /// Reset the connection (SO_LINGER 0) without answering.
+    Reset,
+    /// Never answer (but notice when the client closes).
+    Hang,
+}
+
+/// What the keep-alive server observed.
+#[derive(Debug)]
+enum Seen {
+    /// Request `nth` (from 0) on connection `conn` (from 0, in accept order), and its head.
+    Request {
+        conn: usize,
+        nth: usize,
+        head: String,
+    },
+    /// The client closed connection `conn` (the server read end-of-file or an error).
+    Closed(usize),
+}
+
+/// A keep-alive HTTP/1.1 server: `reply(conn, nth)` decides each request's fate. Every
+/// request is reported before it is answered, so when a check returns, the requests it
+/// made are already in the receiver.
+async fn keep_alive_server(
+    reply: impl Fn(usize, usize) -> Reply + Send + Sync + 'static,
+) -> (std::net::SocketAddr, Observer) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let reply = Arc::new(reply);
+    let accepted = AtomicUsize::new(0);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let conn = accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_keep_alive(stream, conn, reply.clone(), tx.clone()));
+        }
+    });
+    let observer = Observer {
+        rx,
+        requests: VecDeque::new(),
+        closed: HashSet::new(),
+    };
+    (addr, observer)
+}
+
+async fn serve_keep_alive(
+    mut stream: TcpStream,
+    conn: usize,
+    reply: Arc<impl Fn(usize, usize) -> Reply>,
+    seen: mpsc::UnboundedSender<Seen>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let mut nth = 0;
+    let mut hanging = false;
+    loop {
+        // Probe requests have no body: each head ends a request.
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buf.drain(..end + 4).collect();
+            let _ = seen.send(Seen::Request {
+                conn,
+                nth,
+                head: String::from_utf8_lossy(&head).into_owned(),
+            });
+            let answer = |status: u16, extra: &str| {
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\n{extra}\r\nok")
+            };
+            match reply(conn, nth) {
+                Reply::Ok => {
+                    let _ = stream.write_all(answer(200, "").as_bytes()).await;
+                }
+                Reply::Status(status) => {
+                    let _ = stream.write_all(answer(status, "").as_bytes()).await;
+                }
+                Reply::OkThenClose => {
+                    let _ = stream.write_all(answer(200, "").as_bytes()).await;
+                    return;
+                }
+                Reply::OkSayingClose => {
+                    let text = answer(200, "Connection: close\r\n");
+                    let _ = stream.write_all(text.as_bytes()).await;
+                }
+                Reply::BigBody => {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n")
+                        .await;
+                    let _ = stream.write_all(&vec![b'x'; 200 * 1024]).await;
+                    hanging = true;
+                }
+                Reply::Close => return,
+                Reply::Reset => {
+                    let _ = stream.set_zero_linger();
+                    return;
+                }
+                Reply::Hang => hanging = true,
+            }
+            nth += 1;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                let _ = seen.send(Seen::Closed(conn));
+                return;
+            }
+            Ok(n) if !hanging => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// What the test has learned from a keep-alive server's reports so far.
+struct Observer {
+    rx: mpsc::UnboundedReceiver<Seen>,
+    /// Requests not yet taken by the test.
+    requests: VecDeque<(usize, usize, String)>,
+    /// Connections the client has closed.
+    closed: HashSet<usize>,
+}
+
+impl Observer {
+    fn absorb(&mut self, seen: Seen) {
+        match seen {
+            Seen::Request { conn, nth, head } => self.requests.push_back((conn, nth, head)),
+            Seen::Closed(conn) => {
+                self.closed.insert(conn);
+            }
+        }
+    }
+
+    fn absorb_pending(&mut self) {
+        while let Ok(seen) = self.rx.try_recv() {
+            self.absorb(seen);
+        }
+    }
+
+    async fn absorb_next(&mut self) {
+        let seen = self.rx.recv().await.expect("server gone");
+        self.absorb(seen);
+    }
+
+    /// The requests seen since the last call, with their heads.
+    fn heads(&mut self) -> Vec<(usize, usize, String)> {
+        self.absorb_pending();
+        self.requests.drain(..).collect()
+    }
+
+    /// The (connection, request number) pairs seen since the last call.
+    fn requests(&mut self) -> Vec<(usize, usize)> {
+        self.heads().into_iter().map(|(c, n, _)| (c, n)).collect()
+    }
+
+    /// The connections the client has closed so far.
+    fn closed_so_far(&mut self) -> HashSet<usize> {
+        self.absorb_pending();
+        self.closed.clone()
+    }
+
+    /// Waits for the next request not yet taken.
+    async fn next_request(&mut self) -> (usize, usize, String) {
+        timeout(BOUND, async {
+            loop {
+                if let Some(request) = self.requests.pop_front() {
+                    return request;
+                }
+                self.absorb_next().await;
+            }
+        })
+        .await
+        .expect("no request reached the server")
+    }
+
+    /// Waits until the client has closed connection `conn`.
+    async fn closed(&mut self, conn: usize) {
+        timeout(BOUND, async {
+            while !self.closed.contains(&conn) {
+                self.absorb_next().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("connection {conn} was not closed by the probe"));
+    }
+}
+
+fn probe_for(addr: std::net::SocketAddr, limit: Duration) -> HttpProbe {
+    HttpProbe::new(&format!("http://{addr}/healthz"), None, limit).unwrap()
+}
+
+#[tokio::test]
+async fn checks_share_one_kept_alive_connection() {
+    let (addr, mut seen) = keep_alive_server(|_, _| Reply::Ok).await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    assert!(probe.reuses_connection(), "reuse is the default");
+    for _ in 0..5 {
+        assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    }
+    let heads = seen.heads();
+    assert!(
+        seen.closed_so_far().is_empty(),
+        "closed between passing checks"
+    );
+    let pairs: Vec<_> = heads.iter().map(|(c, n, _)| (*c, *n)).collect();
+    assert_eq!(pairs, [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]);
+    for (_, _, head) in &heads {
+        assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+        assert!(
+            !head.to_ascii_lowercase().contains("connection:"),
+            "a kept connection must not ask to close: {head}"
+        );
+    }
+    // Dropping the probe closes its idle connection.
+    drop(probe);
+    seen.closed(0).await;
+}
+
+#[tokio::test]
+async fn without_reuse_every_check_connects_and_asks_to_close() {
+    let (addr, mut seen) = keep_alive_server(|_, _| Reply::Ok).await;
+    let probe = probe_for(addr, Duration::from_secs(5)).reuse_connection(false);
+    assert!(!probe.reuses_connection());
+    for i in 0..3 {
+        assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+        let (conn, nth, head) = seen.next_request().await;
+        assert_eq!((conn, nth), (i, 0));
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close\r\n"),
+            "{head}"
+        );
+        // The probe closes it although the server would keep it open.
+        seen.closed(i).await;
+    }
+}
+
+#[tokio::test]
+async fn server_closing_after_each_response_causes_no_failure() {
+    let (addr, mut seen) = keep_alive_server(|_, _| Reply::OkThenClose).await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    for _ in 0..5 {
+        let (outcome, _) = check(&probe).await;
+        assert_eq!(outcome, ProbeOutcome::Passed);
+    }
+    // Each check used a connection of its own, at most once after a stale attempt.
+    let mut fresh = seen.requests();
+    fresh.retain(|(_, nth)| *nth == 0);
+    assert!(fresh.len() >= 5, "{fresh:?}");
+}
+
+#[tokio::test]
+async fn a_connection_closed_under_the_request_is_retried_once_on_a_fresh_one() {
+    // The server answers the first request of each connection and drops the connection at
+    // the second one: exactly the race of a server's idle timeout with the next check.
+    for drop_as in [Reply::Close, Reply::Reset] {
+        let (addr, mut seen) =
+            keep_alive_server(move |_, nth| if nth == 0 { Reply::Ok } else { drop_as }).await;
+        let probe = probe_for(addr, Duration::from_secs(5));
+        for i in 0..4 {
+            let (outcome, _) = check(&probe).await;
+            assert_eq!(outcome, ProbeOutcome::Passed, "{drop_as:?}, check {i}");
+        }
+        assert_eq!(
+            seen.requests(),
+            [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0)],
+            "{drop_as:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_retry_happens_once_and_only_on_a_kept_connection() {
+    // Only the very first request is answered.
+    let (addr, mut seen) = keep_alive_server(|conn, nth| {
+        if (conn, nth) == (0, 0) {
+            Reply::Ok
+        } else {
+            Reply::Close
+        }
+    })
+    .await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    let (outcome, _) = check(&probe).await;
+    assert_eq!(reason(&outcome), Some(FailureReason::Io), "{outcome:?}");
+    assert_eq!(seen.requests(), [(0, 0), (0, 1), (1, 0)]);
+    // A fresh connection that fails is not retried.
+    let (outcome, _) = check(&probe).await;
+    assert_eq!(reason(&outcome), Some(FailureReason::Io), "{outcome:?}");
+    assert_eq!(seen.requests(), [(2, 0)]);
+}
+
+#[tokio::test]
+async fn a_failed_check_drops_the_connection() {
+    let (addr, mut seen) = keep_alive_server(|conn, nth| match (conn, nth) {
+        (0, 1) => Reply::Status(500),
+        _ => Reply::Ok,
+    })
+    .await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    let (outcome, _) = check(&probe).await;
+    assert_eq!(
+        reason(&outcome),
+        Some(FailureReason::Status(500)),
+        "{outcome:?}"
+    );
+    assert_eq!(seen.requests(), [(0, 0), (0, 1)]);
+    seen.closed(0).await;
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(1, 0), (1, 1)]);
+}
+
+#[tokio::test]
+async fn a_timed_out_check_drops_the_connection_and_the_next_connects_fresh() {
+    let (addr, mut seen) = keep_alive_server(|conn, nth| match (conn, nth) {
+        (0, 1) => Reply::Hang,
+        _ => Reply::Ok,
+    })
+    .await;
+    let probe = probe_for(addr, Duration::from_millis(300));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    let (outcome, elapsed) = check(&probe).await;
+    assert_eq!(
+        reason(&outcome),
+        Some(FailureReason::Timeout),
+        "{outcome:?}"
+    );
+    let ProbeOutcome::Failed(f) = &outcome else {
+        unreachable!()
+    };
+    assert!(
+        f.message.contains("waiting for the response"),
+        "{}",
+        f.message
+    );
+    assert!(elapsed < Duration::from_millis(1300), "{elapsed:?}");
+    assert_eq!(seen.requests(), [(0, 0), (0, 1)]);
+    seen.closed(0).await;
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(1, 0)]);
+}
+
+#[tokio::test]
+async fn the_retry_is_bounded_by_the_same_timeout() {
+    // The kept connection is dropped at the second request, and every fresh one hangs.
+    let (addr, mut seen) = keep_alive_server(|conn, nth| match (conn, nth) {
+        (0, 0) => Reply::Ok,
+        (0, _) => Reply::Close,
+        _ => Reply::Hang,
+    })
+    .await;
+    let probe = probe_for(addr, Duration::from_millis(400));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    let (outcome, elapsed) = check(&probe).await;
+    assert_eq!(
+        reason(&outcome),
+        Some(FailureReason::Timeout),
+        "{outcome:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(390), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(1400), "{elapsed:?}");
+    assert_eq!(seen.requests(), [(0, 0), (0, 1), (1, 0)]);
+}
+
+#[tokio::test]
+async fn dropping_a_check_closes_its_connection() {
+    let (addr, mut seen) =
+        keep_alive_server(|_, nth| if nth == 0 { Reply::Ok } else { Reply::Hang }).await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.next_request().await.0, 0);
+    {
+        let check = probe.check();
+        tokio::pin!(check);
+        // Run the check until its request reached the server, then drop it.
+        tokio::select! {
+            outcome = &mut check => panic!("finished against a hanging server: {outcome:?}"),
+            (conn, nth, _) = seen.next_request() => assert_eq!((conn, nth), (0, 1)),
+        }
+    }
+    seen.closed(0).await;
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(1, 0)]);
+}
+
+#[tokio::test]
+async fn connection_close_from_the_server_means_the_next_check_connects_fresh() {
+    let (addr, mut seen) = keep_alive_server(|_, _| Reply::OkSayingClose).await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    for i in 0..3 {
+        assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+        assert_eq!(seen.requests(), [(i, 0)]);
+    }
+}
+
+#[tokio::test]
+async fn a_body_left_unread_is_not_reused() {
+    let (addr, mut seen) =
+        keep_alive_server(|conn, _| if conn == 0 { Reply::BigBody } else { Reply::Ok }).await;
+    let probe = probe_for(addr, Duration::from_secs(3));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(0, 0)]);
+    seen.closed(0).await;
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(1, 0)]);
+}
+
+#[tokio::test]
+async fn a_connection_is_replaced_once_it_reaches_the_max_age() {
+    let (addr, mut seen) = keep_alive_server(|_, _| Reply::Ok).await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    // Just under the bound it is still reused (the clock is moved, not waited for).
+    tokio::time::pause();
+    tokio::time::advance(MAX_CONNECTION_AGE - Duration::from_secs(1)).await;
+    tokio::time::resume();
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(0, 0), (0, 1)]);
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    tokio::time::resume();
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(1, 0)]);
+    seen.closed(0).await;
+}
+
+#[tokio::test]
+async fn clones_do_not_share_the_connection() {
+    let (addr, mut seen) = keep_alive_server(|_, _| Reply::Ok).await;
+    let probe = probe_for(addr, Duration::from_secs(5));
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    let clone = probe.clone();
+    assert!(clone.reuses_connection());
+    assert_eq!(check(&clone).await.0, ProbeOutcome::Passed);
+    assert_eq!(check(&probe).await.0, ProbeOutcome::Passed);
+    assert_eq!(check(&clone).await.0, ProbeOutcome::Passed);
+    assert_eq!(seen.requests(), [(0, 0), (1, 0), (0, 1), (1, 1)]);
 }
 
 #[test]

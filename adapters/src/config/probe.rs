@@ -13,11 +13,12 @@ use super::program::{find_program, resolve};
 use super::value::{self, list, quote, Key, Table, Value};
 
 const KINDS: [&str; 3] = ["http", "tcp", "exec"];
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "http",
     "tcp",
     "exec",
     "host",
+    "reuse_connection",
     "initial_delay",
     "period",
     "timeout",
@@ -104,23 +105,30 @@ pub(crate) fn probe(
     }
 
     let host = t.entry("host");
+    let reuse = t.entry("reuse_connection");
     let first = kinds.first().map(|(k, v)| (k.get_ref().as_ref(), *v));
-    if let (Some((hk, _)), Some((kind, _))) = (host, first) {
-        if kind != "http" {
+    if let Some((kind, _)) = first.filter(|(kind, _)| *kind != "http") {
+        for (key, what) in [
+            (host, "sends a Host header"),
+            (reuse, "has a connection to reuse"),
+        ] {
+            let Some((k, _)) = key else { continue };
+            let name: &str = k.get_ref().as_ref();
             r.error(
-                &hk.span(),
+                &k.span(),
                 ErrorKind::Conflict,
-                format!(
-                    "{}: only an http check sends a Host header",
-                    t.path_of("host")
-                ),
-                "`host` only together with `http`",
-                format!("`host` with `{kind}`"),
+                format!("{}: only an http check {what}", t.path_of(name)),
+                format!("`{name}` only together with `http`"),
+                format!("`{name}` with `{kind}`"),
             );
         }
     }
+    let reuse_connection = match reuse {
+        Some((_, v)) => value::boolean(r, &t.path_of("reuse_connection"), v).unwrap_or(true),
+        None => true,
+    };
     let check = match first {
-        Some(("http", v)) => http(r, &t, v, host.map(|(_, hv)| hv)),
+        Some(("http", v)) => http(r, &t, v, host.map(|(_, hv)| hv), reuse_connection),
         Some(("tcp", v)) => tcp(r, &t.path_of("tcp"), v),
         Some((_, v)) => exec(r, &t.path_of("exec"), v, cwd),
         None => None,
@@ -138,6 +146,7 @@ fn http(
     t: &Table<'_, '_>,
     v: &Value<'_>,
     host: Option<&Value<'_>>,
+    reuse_connection: bool,
 ) -> Option<CheckSpec> {
     const EXPECTED: &str = "an http:// URL with a host and a port from 1 to 65535, such as \"http://127.0.0.1:8080/healthz\"";
     let path = t.path_of("http");
@@ -159,6 +168,7 @@ fn http(
         Ok(_) => Some(CheckSpec::Http {
             url: url.to_string(),
             host: host.map(|(h, _)| h.to_string()),
+            reuse_connection,
         }),
         Err(ProbeConfigError::InvalidHostHeader { value }) => {
             if let Some((_, hv)) = host {
@@ -221,4 +231,53 @@ fn exec(r: &mut Report<'_>, path: &str, v: &Value<'_>, cwd: Option<&Path>) -> Op
         }
     }
     Some(CheckSpec::Exec { argv })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError, ErrorKind};
+
+    fn errors(probe: &str) -> Vec<ConfigError> {
+        let text = format!("[processes.web]\ncommand = \"true\"\nliveness = {probe}\n");
+        match parse(&text, &std::env::temp_dir().join("pc.toml")) {
+            Ok(_) => panic!("accepted: {probe}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn reuse_connection_must_be_a_boolean() {
+        let probe = r#"{ http = "http://127.0.0.1:80/", reuse_connection = "no" }"#;
+        let all = errors(probe);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        let e = &all[0];
+        assert_eq!((e.kind, e.line), (ErrorKind::WrongType, 3), "{e}");
+        assert_eq!(e.column, 12 + probe.find("\"no\"").unwrap(), "{e}");
+        assert!(e.message.contains("liveness.reuse_connection"), "{e}");
+        assert_eq!(e.expected, "true or false");
+    }
+
+    #[test]
+    fn reuse_connection_goes_only_with_http() {
+        let probe = r#"{ tcp = "127.0.0.1:80", reuse_connection = false }"#;
+        let all = errors(probe);
+        assert_eq!(all.len(), 1, "{all:#?}");
+        let e = &all[0];
+        assert_eq!((e.kind, e.line), (ErrorKind::Conflict, 3), "{e}");
+        assert_eq!(
+            e.column,
+            12 + probe.find("reuse_connection").unwrap(),
+            "{e}"
+        );
+        assert_eq!(e.expected, "`reuse_connection` only together with `http`");
+        assert_eq!(e.found, "`reuse_connection` with `tcp`");
+
+        // With `host` as well, both are reported.
+        let all = errors(r#"{ exec = "true", host = "x", reuse_connection = true }"#);
+        let found: Vec<_> = all.iter().map(|e| e.found.as_str()).collect();
+        assert_eq!(
+            found,
+            ["`host` with `exec`", "`reuse_connection` with `exec`"]
+        );
+    }
 }

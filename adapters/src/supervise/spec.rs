@@ -86,6 +86,10 @@ pub enum CheckSpec {
         url: String,
         /// A `Host` header to send instead of the URL's host.
         host: Option<String>,
+        /// Keep one HTTP/1.1 connection open between checks (`true`, the default), or open
+        /// a new one per check and send `Connection: close` (`false`). See
+        /// [`HttpProbe`](crate::probe::HttpProbe) for the reuse rules.
+        reuse_connection: bool,
     },
     /// A TCP connection accepted.
     Tcp {
@@ -113,11 +117,12 @@ impl ProbeSpec {
         }
     }
 
-    /// An HTTP GET probe.
+    /// An HTTP GET probe (reusing its connection between checks).
     pub fn http(url: impl Into<String>) -> Self {
         Self::new(CheckSpec::Http {
             url: url.into(),
             host: None,
+            reuse_connection: true,
         })
     }
 
@@ -164,6 +169,18 @@ impl ProbeSpec {
     /// Sets the success threshold.
     pub fn success_threshold(mut self, n: u32) -> Self {
         self.success_threshold = n;
+        self
+    }
+
+    /// Whether an HTTP check keeps its connection between checks (the default) or opens a
+    /// new one per check; other checks have no connection to keep and ignore it.
+    pub fn reuse_connection(mut self, reuse: bool) -> Self {
+        if let CheckSpec::Http {
+            reuse_connection, ..
+        } = &mut self.check
+        {
+            *reuse_connection = reuse;
+        }
         self
     }
 
@@ -463,11 +480,14 @@ impl ProbeSpec {
     /// Builds the HTTP or TCP check (`None` for exec), validating its target.
     pub(crate) fn build_network_check(&self) -> Result<Option<Probe>, ProbeConfigError> {
         Ok(match &self.check {
-            CheckSpec::Http { url, host } => Some(Probe::Http(HttpProbe::new(
+            CheckSpec::Http {
                 url,
-                host.as_deref(),
-                self.timeout,
-            )?)),
+                host,
+                reuse_connection,
+            } => Some(Probe::Http(
+                HttpProbe::new(url, host.as_deref(), self.timeout)?
+                    .reuse_connection(*reuse_connection),
+            )),
             CheckSpec::Tcp { addr } => Some(Probe::Tcp(TcpProbe::new(addr, self.timeout)?)),
             CheckSpec::Exec { .. } => {
                 if self.timeout.is_zero() {

@@ -5,8 +5,8 @@
 //! it meets the condition, and when the gate opens are decided here, from observations the
 //! adapter passes in; the adapter only watches statuses and, when told, sends the start.
 //!
-//! Dependencies are taken in the configured order, and one that has met its condition stays
-//! met: a database that restarts after its dependent started does not hold the dependent
+//! Dependencies are taken in the configured order (the adapter shows the gate the status of
+//! the one it names), and one that has met its condition stays met: a database that restarts after its dependent started does not hold the dependent
 //! back (restarting dependents when a dependency restarts is another feature, not this one).
 
 use std::fmt;
@@ -111,16 +111,17 @@ impl Gate {
         }
     }
 
-    /// Takes in what was seen of `dependency` and returns where the gate now stands. Only
-    /// the awaited dependency can move the gate: an observation of any other, or a stale one
-    /// of a dependency already met, changes nothing.
-    pub fn observe(&mut self, dependency: &str, seen: &Observed) -> GateState<'_> {
-        if let Some((awaited, condition)) = self.dependencies.get(self.met) {
-            if awaited == dependency && condition.met(seen) {
+    /// Takes in what was seen of the awaited dependency (the one [`Gate::state`] names).
+    /// Returns whether the gate moved on: that dependency now counts as met, and
+    /// [`Gate::state`] names the next one or says the gate is open. An open gate stays open.
+    pub fn observe(&mut self, seen: &Observed) -> bool {
+        match self.dependencies.get(self.met) {
+            Some((_, condition)) if condition.met(seen) => {
                 self.met += 1;
+                true
             }
+            _ => false,
         }
-        self.state()
     }
 }
 
@@ -170,34 +171,47 @@ mod tests {
             ("db".into(), Condition::Healthy),
             ("migrate".into(), Condition::Completed),
         ]);
-        let waiting_db = GateState::Waiting {
-            dependency: "db",
-            condition: Condition::Healthy,
-        };
-        assert_eq!(gate.state(), waiting_db);
-        // The later dependency being done early does not skip the first.
         assert_eq!(
-            gate.observe("migrate", &seen(StateName::Exited)),
-            waiting_db
+            gate.state(),
+            GateState::Waiting {
+                dependency: "db",
+                condition: Condition::Healthy,
+            }
         );
-        assert_eq!(gate.observe("db", &seen(StateName::Starting)), waiting_db);
+        assert!(!gate.observe(&seen(StateName::Starting)));
+        assert!(gate.observe(&seen(StateName::Running)));
         assert_eq!(
-            gate.observe("db", &seen(StateName::Running)),
+            gate.state(),
             GateState::Waiting {
                 dependency: "migrate",
                 condition: Condition::Completed,
             }
         );
-        // The db going down again does not close the gate's first step.
-        gate.observe("db", &seen(StateName::Restarting));
-        assert_eq!(
-            gate.observe("migrate", &seen(StateName::Exited)),
-            GateState::Open
-        );
-        assert_eq!(
-            gate.observe("db", &seen(StateName::Stopped)),
-            GateState::Open
-        );
+        // Running does not complete the migration; its exit, with nothing left, does.
+        assert!(!gate.observe(&seen(StateName::Running)));
+        assert!(gate.observe(&seen(StateName::Exited)));
+        assert_eq!(gate.state(), GateState::Open);
+        assert!(!gate.observe(&seen(StateName::Stopped)));
+        assert_eq!(gate.state(), GateState::Open);
+    }
+
+    #[test]
+    fn the_same_dependency_twice_is_awaited_twice() {
+        let mut gate = Gate::new(vec![
+            ("db".into(), Condition::Started),
+            ("db".into(), Condition::Healthy),
+        ]);
+        let running_unready = Observed {
+            has_readiness: true,
+            ..seen(StateName::Running)
+        };
+        assert!(gate.observe(&running_unready));
+        assert!(!gate.observe(&running_unready));
+        assert!(gate.observe(&Observed {
+            ready: true,
+            ..running_unready
+        }));
+        assert_eq!(gate.state(), GateState::Open);
     }
 
     #[test]

@@ -17,6 +17,23 @@
 //! and no signal handler may run in it, since handlers would run the supervisor's code on
 //! shared data. So the spawning thread blocks every signal around the clone, and the child
 //! resets every caught signal to its default action before unblocking.
+//!
+//! Requirements and edges:
+//! - glibc 2.24 or later (2016): before that, its `clone` wrapper wrote the child's pid into
+//!   the calling thread's control block when `CLONE_VM` was set, which the shared memory
+//!   would keep.
+//! - Linux on x86_64 or aarch64: the raw `rt_sigaction` structure below is laid out for
+//!   them (other targets do not compile).
+//! - Joining a cgroup happens while the child still shares the supervisor's memory: if that
+//!   cgroup's cpuset confines memory to other NUMA nodes with `memory_migrate` on, the kernel
+//!   may move the shared pages, the supervisor's own. Instance cgroups are created by the
+//!   supervisor without cpuset limits, so this takes a cpuset set on them from outside.
+
+#[cfg(not(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+compile_error!("the process adapter's clone-based spawner supports Linux on x86_64 and aarch64");
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -146,9 +163,11 @@ pub(crate) fn start(
             ptr::from_ref(&context).cast_mut().cast(),
         )
     };
+    // Before the mask is restored, which may set errno.
+    let clone_errno = last_errno();
     drop(blocked);
     if pid < 0 {
-        return Err((None, last_errno()));
+        return Err((None, clone_errno));
     }
     let pid = Pid::from_raw(pid);
     match context.errno.load(Ordering::Acquire) {
@@ -158,28 +177,46 @@ pub(crate) fn start(
 }
 
 /// Blocks every signal on the calling thread until dropped, so that the child starts with
-/// all of them blocked and no handler of the supervisor can run in it.
+/// all of them blocked and no handler of the supervisor can run in it. With the raw system
+/// call: the C library's `sigfillset` leaves out its own reserved signals, whose handlers
+/// must not run in the child either.
 struct SignalsBlocked {
-    old: libc::sigset_t,
+    old: u64,
 }
+
+/// The kernel's signal set: one bit per signal, 64 signals on Linux.
+const SIGSET_SIZE: usize = std::mem::size_of::<u64>();
 
 impl SignalsBlocked {
     fn new() -> Self {
-        // SAFETY: plain signal-mask calls on stack values.
+        let all = u64::MAX;
+        let mut old = 0u64;
+        // SAFETY: rt_sigprocmask with valid pointers to kernel-sized sets on the stack.
         unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-            SignalsBlocked { old }
-        }
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &all,
+                &mut old,
+                SIGSET_SIZE,
+            )
+        };
+        SignalsBlocked { old }
     }
 }
 
 impl Drop for SignalsBlocked {
     fn drop(&mut self) {
         // SAFETY: restores the mask saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, ptr::null_mut()) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &self.old,
+                ptr::null_mut::<u64>(),
+                SIGSET_SIZE,
+            )
+        };
     }
 }
 
@@ -248,12 +285,17 @@ fn prepare(stdio: &[OwnedFd; 3], setup: &Setup) -> Result<(), i32> {
     // SAFETY: setsid has no preconditions.
     check(unsafe { libc::setsid() })?;
     // The program starts with no signal blocked.
-    // SAFETY: an empty set built on the stack.
-    unsafe {
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &none, ptr::null_mut());
-    }
+    let none = 0u64;
+    // SAFETY: rt_sigprocmask with a kernel-sized empty set on the stack.
+    check_long(unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            ptr::null_mut::<u64>(),
+            SIGSET_SIZE,
+        )
+    })?;
     Ok(())
 }
 
@@ -357,21 +399,29 @@ fn check_long(result: libc::c_long) -> Result<(), i32> {
 }
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` ("0" names the
-/// writer): raw `open`, `write` and `close`.
+/// writer), with raw `openat`, `write` and `close`: the C library's are cancellation points,
+/// which touch the spawning thread's state, shared with the child.
 fn join_cgroup(procs: &CStr) -> Result<(), i32> {
     // SAFETY: `procs` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            procs.as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(last_errno());
     }
     // SAFETY: writes one byte from a static buffer to the descriptor opened above.
-    let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let written = unsafe { libc::syscall(libc::SYS_write, fd, b"0".as_ptr(), 1usize) };
     let result = if written == 1 {
         Ok(())
     } else {
         Err(last_errno())
     };
     // SAFETY: closes the descriptor opened above, which nothing else uses.
-    unsafe { libc::close(fd) };
+    unsafe { libc::syscall(libc::SYS_close, fd) };
     result
 }

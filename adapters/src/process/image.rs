@@ -40,9 +40,11 @@ impl Image {
             .get(OsStr::new("PATH"))
             .cloned()
             .unwrap_or_else(|| OsString::from(DEFAULT_PATH));
-        let path = resolve(&spec.program, &search).map_err(|source| SpawnError::Exec {
-            program: spec.program.clone(),
-            source,
+        let path = resolve(&spec.program, &search, spec.cwd.as_deref()).map_err(|source| {
+            SpawnError::Exec {
+                program: spec.program.clone(),
+                source,
+            }
         })?;
         let nul = |what| move |_| SpawnError::InteriorNul { what };
         let path = CString::new(path.into_os_string().into_vec()).map_err(nul("program"))?;
@@ -108,12 +110,14 @@ fn environment(spec: &ProcessSpec, marker: &str) -> BTreeMap<OsString, OsString>
 
 /// Finds the file to exec, the way `execvp` does: a name containing `/` is used as is,
 /// otherwise each directory of `search` is tried in order (an empty entry is the current
-/// directory). A candidate that exists but cannot be executed is skipped, and reported as
+/// directory). A relative directory is taken from the child's working directory, `cwd`
+/// (relative to ours), as `execvp` after the `chdir` would, and the path found is made
+/// absolute so that the `chdir` cannot change what it names. A candidate that exists but cannot be executed is skipped, and reported as
 /// `PermissionDenied` if nothing better is found; nothing at all is `NotFound`.
 ///
 /// Unlike `execvp`, a file without a `#!` line that the kernel refuses (`ENOEXEC`) is not
 /// retried with `/bin/sh`: it is a failed start, named as such.
-fn resolve(program: &OsStr, search: &OsStr) -> io::Result<PathBuf> {
+fn resolve(program: &OsStr, search: &OsStr, cwd: Option<&Path>) -> io::Result<PathBuf> {
     if program.is_empty() {
         return Err(io::Error::from_raw_os_error(libc::ENOENT));
     }
@@ -127,7 +131,14 @@ fn resolve(program: &OsStr, search: &OsStr) -> io::Result<PathBuf> {
         } else {
             Path::new(OsStr::from_bytes(dir))
         };
-        let candidate = dir.join(program);
+        let candidate = if dir.is_relative() {
+            std::env::current_dir()?
+                .join(cwd.unwrap_or(Path::new(".")))
+                .join(dir)
+                .join(program)
+        } else {
+            dir.join(program)
+        };
         match std::fs::metadata(&candidate) {
             Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
                 return Ok(candidate)
@@ -150,22 +161,46 @@ mod tests {
 
     #[test]
     fn bare_names_are_searched_in_order_and_paths_are_kept() {
-        let found = resolve(OsStr::new("sh"), OsStr::new("/nonexistent:/bin:/usr/bin"))
-            .expect("sh is in /bin");
+        let found = resolve(
+            OsStr::new("sh"),
+            OsStr::new("/nonexistent:/bin:/usr/bin"),
+            None,
+        )
+        .expect("sh is in /bin");
         assert_eq!(found, Path::new("/bin/sh"));
-        let kept = resolve(OsStr::new("./x/y"), OsStr::new("/bin")).expect("kept");
+        let kept = resolve(OsStr::new("./x/y"), OsStr::new("/bin"), None).expect("kept");
         assert_eq!(kept, Path::new("./x/y"));
     }
 
     #[test]
+    fn relative_directories_are_taken_from_the_childs_working_directory() {
+        // `sh` is in /bin, so "bin" relative to "/" finds it, and the result is absolute.
+        let found = resolve(OsStr::new("sh"), OsStr::new("bin"), Some(Path::new("/")))
+            .expect("found from /");
+        assert!(found.is_absolute(), "{found:?}");
+        assert!(found.ends_with("bin/sh"), "{found:?}");
+        // From a directory without a bin/, nothing is found.
+        let missing = resolve(
+            OsStr::new("sh"),
+            OsStr::new("bin"),
+            Some(Path::new("/proc")),
+        );
+        assert_eq!(missing.expect_err("none").kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn missing_and_non_executable_names_get_execvp_errors() {
-        let missing =
-            resolve(OsStr::new("definitely-missing-xyz"), OsStr::new("/bin")).expect_err("missing");
+        let missing = resolve(
+            OsStr::new("definitely-missing-xyz"),
+            OsStr::new("/bin"),
+            None,
+        )
+        .expect_err("missing");
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         // /etc/passwd exists but is not executable.
-        let denied = resolve(OsStr::new("passwd"), OsStr::new("/etc")).expect_err("denied");
+        let denied = resolve(OsStr::new("passwd"), OsStr::new("/etc"), None).expect_err("denied");
         assert_eq!(denied.kind(), io::ErrorKind::PermissionDenied);
-        let empty = resolve(OsStr::new(""), OsStr::new("/bin")).expect_err("empty");
+        let empty = resolve(OsStr::new(""), OsStr::new("/bin"), None).expect_err("empty");
         assert_eq!(empty.kind(), io::ErrorKind::NotFound);
     }
 

@@ -65,6 +65,10 @@ impl Driver {
                     () = &mut sleep, if deadline.is_some() => Input::Tick,
                 }
             };
+            // flume's receiver does not count against tokio's cooperative budget, as tokio's
+            // own channels do: without this, a long backlog would be worked off without ever
+            // letting the worker run other tasks.
+            tokio::task::consume_budget().await;
             // Boxed: a step holds the machine's whole outcome across awaits, and an idle
             // process should not keep room for one in its task (500 processes, 500 tasks).
             Box::pin(self.step(input)).await;

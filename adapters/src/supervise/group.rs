@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use processcontrol_core::{Condition, Gate, GateState, Observed, StateName};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::host::{Host, SuperviseError};
@@ -92,6 +92,9 @@ impl Drop for Running {
 pub struct Group {
     host: Arc<Host>,
     members: Mutex<BTreeMap<String, Running>>,
+    /// Woken when members are added, for gates whose dependency is missing: a reload takes a
+    /// changed process out before it puts its new version in.
+    added: Notify,
     /// Configuration order, for start and (reversed) stop.
     order: Mutex<Vec<String>>,
     events: broadcast::Sender<Arc<Event>>,
@@ -132,6 +135,7 @@ impl Group {
         Arc::new(Group {
             host,
             members: Mutex::new(BTreeMap::new()),
+            added: Notify::new(),
             order: Mutex::new(Vec::new()),
             events,
             history,
@@ -206,6 +210,7 @@ impl Group {
                 },
             );
         }
+        self.added.notify_waiters();
         *self.order.lock().expect("never poisoned") =
             wanted_order(&wanted, &report, &current_order);
         for (name, sup, depends_on, blocked_tx) in fresh {
@@ -338,6 +343,10 @@ async fn gate(
         let dependency = dependency.to_owned();
         let reason = format!("waiting for {dependency} to be {condition}");
         blocked.send_replace(Some(reason.clone()));
+        // Registered before looking, so an addition right after the look is not missed.
+        let added = group.added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
         let found = {
             let members = group.members.lock().expect("never poisoned");
             members.get(&dependency).map(|r| {
@@ -346,9 +355,11 @@ async fn gate(
             })
         };
         let Some((mut status, has_readiness)) = found else {
-            // Validation rejects unknown dependencies; one removed later blocks for good.
+            // Validation rejects unknown dependencies, but a reload takes a changed process
+            // out before it adds its new version, and may remove one for good.
             blocked.send_replace(Some(format!("{reason} (no such process)")));
-            return;
+            added.await;
+            continue;
         };
         loop {
             let seen = {
@@ -360,16 +371,11 @@ async fn gate(
                     has_instance: s.instance.is_some(),
                 }
             };
-            let still = matches!(
-                gate.observe(&dependency, &seen),
-                GateState::Waiting { dependency: d, .. } if d == dependency
-            );
-            if !still {
+            if gate.observe(&seen) {
                 break;
             }
             if status.changed().await.is_err() {
                 // That supervisor ended (a reload replaced or removed it): look again.
-                tokio::task::yield_now().await;
                 break;
             }
         }

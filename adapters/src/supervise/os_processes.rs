@@ -163,7 +163,7 @@ impl Processes for OsProcesses {
                 .expect("the children list is never poisoned")
                 .retain(|(i, _)| *i != instance);
         };
-        tokio::spawn(All3::new(stdout, stderr, Some(end)));
+        tokio::spawn(All3::new(Some(end), stdout, stderr));
         Ok(pid)
     }
 

@@ -28,6 +28,8 @@ import threading
 import time
 import xmlrpc.client
 
+import procstat
+
 MARK = "PCBENCH_RUN"
 TICK_MS = 1000.0 / os.sysconf("SC_CLK_TCK")
 LIVE = []  # supervisor Popen objects to stop on cleanup
@@ -46,34 +48,11 @@ def now_ns():
 
 
 def loadavg():
-    with open("/proc/loadavg") as f:
-        return float(f.read().split()[0])
+    return procstat.loadavg()[0]
 
 
 def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return None
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    # Fields after the command: state is index 0, utime index 11, stime index 12.
-    return int(rest[11]) + int(rest[12])
-
-
-def cpu_sched_ns(pid):
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
+    return procstat.status_kib(pid, "VmRSS")
 
 
 def stamps(path):
@@ -378,9 +357,9 @@ def sv_gap(a, workdir, stamp_file):
 def measure_idle(pid, seconds):
     time.sleep(2.0)  # let spawn-time work settle
     rss = rss_kb(pid)
-    t0, s0, w0 = cpu_ticks(pid), cpu_sched_ns(pid), time.monotonic()
+    t0, s0, w0 = procstat.cpu_ticks(pid), procstat.schedstat_ns(pid), time.monotonic()
     time.sleep(seconds)
-    t1, s1, w1 = cpu_ticks(pid), cpu_sched_ns(pid), time.monotonic()
+    t1, s1, w1 = procstat.cpu_ticks(pid), procstat.schedstat_ns(pid), time.monotonic()
     scale = seconds / (w1 - w0)  # normalise to exactly `seconds`
     return {
         "rss_kb": rss,

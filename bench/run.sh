@@ -19,22 +19,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/pcbench.XXXXXX")
 export PCBENCH_ID="pcbench-$$-$(date +%s%N)"
 DRIVER_PID=
 
-kill_marked() {
-    local pid found
-    for _ in 1 2 3; do
-        found=
-        for env in /proc/[0-9]*/environ; do
-            pid=${env#/proc/}
-            pid=${pid%/environ}
-            if grep -qzx "PCBENCH_RUN=$PCBENCH_ID" "$env" 2>/dev/null; then
-                kill -KILL "$pid" 2>/dev/null || true
-                found=1
-            fi
-        done
-        [ -z "$found" ] && return 0
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 cleanup() {
     local rc=$?
@@ -44,7 +30,7 @@ cleanup() {
         for _ in $(seq 50); do kill -0 "$DRIVER_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$DRIVER_PID" 2>/dev/null || true
     fi
-    kill_marked
+    kill_marked "$PCBENCH_ID"
     if [ "$rc" -eq 0 ] && [ -z "${PCBENCH_KEEP:-}" ]; then
         # Keep only the raw figures.
         find "$WORK" -mindepth 1 -maxdepth 1 ! -name results.json -exec rm -rf {} +

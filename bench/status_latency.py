@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 
+from procstat import cpu_ticks, loadavg, schedstat_ns, status_kib
+
 SLEEPERS = 450  # --crashers N changes the split (500 in all)
 CRASHERS = 50
 TICK = os.sysconf("SC_CLK_TCK")
@@ -55,38 +57,6 @@ def write_config(path):
 
 
 # --- /proc ------------------------------------------------------------------------------
-
-def cpu_ticks(pid):
-    """utime + stime of the whole process (all threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def schedstat_ns(pid):
-    """Sum of the run time of every thread, in ns (finer than ticks)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
-
-
-def status_kib(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return [float(x) for x in f.read().split()[:3]]
-
 
 def machine_busy():
     """(busy, total) jiffies of the whole machine, from /proc/stat."""

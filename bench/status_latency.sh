@@ -42,23 +42,8 @@ DRIVER_PID=
 
 log() { printf '[status_latency] %s\n' "$*" >&2; }
 
-kill_marked() {
-    local pid found
-    for _ in 1 2 3 4 5; do
-        found=
-        for env in /proc/[0-9]*/environ; do
-            pid=${env#/proc/}
-            pid=${pid%/environ}
-            [ "$pid" = "$$" ] && continue
-            if grep -qzx "PCBENCH_RUN=$PCBENCH_RUN" "$env" 2>/dev/null; then
-                kill -KILL "$pid" 2>/dev/null || true
-                found=1
-            fi
-        done
-        [ -z "$found" ] && return 0
-        sleep 0.2
-    done
-}
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 cleanup() {
     local rc=$?
@@ -66,7 +51,7 @@ cleanup() {
     if [ -n "$DRIVER_PID" ] && kill -0 "$DRIVER_PID" 2>/dev/null; then
         kill -TERM "$DRIVER_PID" 2>/dev/null || true
     fi
-    kill_marked
+    kill_marked "$PCBENCH_RUN"
     if [ -z "${PCBENCH_KEEP:-}" ]; then
         rm -rf "$WORK"
     else
@@ -105,7 +90,7 @@ for i in $(seq "$RUNS"); do
     rc=0
     wait "$DRIVER_PID" || rc=$?
     DRIVER_PID=
-    kill_marked   # nothing should be left; if anything is, it does not leak into the next run
+    kill_marked "$PCBENCH_RUN"   # nothing should be left; if anything is, it does not leak into the next run
     if [ "$rc" -ne 0 ]; then
         FAILED=1
         log "run $i failed (exit $rc$([ "$rc" = 124 ] && echo ': time cap')); reporting the runs before it"

@@ -12,7 +12,7 @@ use processcontrol_adapters::process::{
     MARKER_VAR,
 };
 use support::{
-    bounded, is_running, launcher, read_all_lines, read_line, run, stat_of, stays_pending,
+    bounded, is_running, launcher, read_all_lines, read_line, read_pid, run, stat_of, stays_pending,
 };
 use tokio::io::BufReader;
 
@@ -310,11 +310,7 @@ fn grandchild_is_gone_after_kill_group() {
             .await
             .expect("spawn");
         let mut out = BufReader::new(child.take_stdout().expect("stdout"));
-        let grandchild: u32 = read_line(&mut out)
-            .await
-            .expect("pid")
-            .parse()
-            .expect("number");
+        let grandchild: u32 = read_pid(&mut out).await;
         let (_, ppid, pgid, _) = stat_of(grandchild).expect("grandchild runs");
         assert_eq!((ppid, pgid), (child.pid(), child.pgid()));
 
@@ -363,11 +359,7 @@ fn double_forked_daemon_is_found_by_marker_and_killed() {
             .await
             .expect("spawn");
         let mut out = BufReader::new(child.take_stdout().expect("stdout"));
-        let daemon: u32 = read_line(&mut out)
-            .await
-            .expect("pid")
-            .parse()
-            .expect("number");
+        let daemon: u32 = read_pid(&mut out).await;
         // The leader exits at once; the daemon lives on in a session of its own.
         assert!(bounded("exit", child.exited())
             .await
@@ -396,11 +388,7 @@ fn term_reaches_escapees_and_gone_follows_their_exit() {
             .await
             .expect("spawn");
         let mut out = BufReader::new(child.take_stdout().expect("stdout"));
-        let daemon: u32 = read_line(&mut out)
-            .await
-            .expect("pid")
-            .parse()
-            .expect("number");
+        let daemon: u32 = read_pid(&mut out).await;
         let report = child.signal(Signal::SIGTERM).expect("signal");
         assert!(report.group && report.leader, "{report:?}");
         assert_eq!(report.escapees, [daemon]);
@@ -453,11 +441,7 @@ fn escapee_below_an_orphaned_member_is_found_from_that_member() {
             .await
             .expect("spawn");
         let mut out = BufReader::new(child.take_stdout().expect("stdout"));
-        let escapee: u32 = read_line(&mut out)
-            .await
-            .expect("pid")
-            .parse()
-            .expect("number");
+        let escapee: u32 = read_pid(&mut out).await;
         assert!(bounded("exit", child.exited())
             .await
             .expect("status")

@@ -74,40 +74,17 @@ impl ChildWatch {
 /// instance stays registered, is reaped, and is still killed if the supervisor dies.
 #[derive(Debug)]
 pub struct Child {
-    id: u64,
-    pid: Pid,
-    marker: Arc<str>,
-    has_pidfd: bool,
-    stdout: Option<OutputPipe>,
-    stderr: Option<OutputPipe>,
-    watch: ChildWatch,
-    launcher: Launcher,
+    pub(super) id: u64,
+    pub(super) pid: Pid,
+    pub(super) marker: Arc<str>,
+    pub(super) has_pidfd: bool,
+    pub(super) stdout: Option<OutputPipe>,
+    pub(super) stderr: Option<OutputPipe>,
+    pub(super) watch: ChildWatch,
+    pub(super) launcher: Launcher,
 }
 
 impl Child {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        id: u64,
-        pid: Pid,
-        marker: Arc<str>,
-        has_pidfd: bool,
-        stdout: Option<OutputPipe>,
-        stderr: Option<OutputPipe>,
-        watch: ChildWatch,
-        launcher: Launcher,
-    ) -> Self {
-        Child {
-            id,
-            pid,
-            marker,
-            has_pidfd,
-            stdout,
-            stderr,
-            watch,
-            launcher,
-        }
-    }
-
     /// The leader's pid, for logs, status pages and pid files.
     pub fn pid(&self) -> u32 {
         self.pid.as_raw().unsigned_abs()

@@ -135,16 +135,16 @@ impl Launcher {
                 return Err(SpawnError::Pipe(e));
             }
         };
-        Ok(Child::new(
-            spawned.id,
-            spawned.pid,
-            spawned.marker,
-            spawned.has_pidfd,
+        Ok(Child {
+            id: spawned.id,
+            pid: spawned.pid,
+            marker: spawned.marker,
+            has_pidfd: spawned.has_pidfd,
             stdout,
             stderr,
-            ChildWatch::new(spawned.pid, spawned.fate),
-            self.clone(),
-        ))
+            watch: ChildWatch::new(spawned.pid, spawned.fate),
+            launcher: self.clone(),
+        })
     }
 
     pub(crate) fn shared(&self) -> &Shared {

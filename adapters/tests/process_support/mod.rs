@@ -85,6 +85,15 @@ pub async fn read_line(reader: &mut BufReader<OutputPipe>) -> Option<String> {
     (n > 0).then(|| line.trim_end().to_owned())
 }
 
+/// Reads the next line as a pid (a script's `echo $$` or `echo $!`).
+pub async fn read_pid(reader: &mut BufReader<OutputPipe>) -> u32 {
+    read_line(reader)
+        .await
+        .expect("pid")
+        .parse()
+        .expect("number")
+}
+
 /// Reads all remaining lines (bounded).
 pub async fn read_all_lines(reader: &mut BufReader<OutputPipe>) -> Vec<String> {
     let mut lines = Vec::new();

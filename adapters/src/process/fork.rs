@@ -37,7 +37,7 @@ compile_error!("the process adapter's clone-based spawner supports Linux on x86_
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr;
 use std::sync::atomic::{AtomicI32, Ordering};
 
@@ -68,7 +68,7 @@ pub(crate) struct Setup {
 struct Context<'a> {
     image: &'a Image,
     /// The child's fds 0, 1 and 2 (close-on-exec in the parent; `dup2` clears that).
-    stdio: &'a [OwnedFd; 3],
+    stdio: &'a [BorrowedFd<'a>; 3],
     setup: &'a Setup,
     /// The OS error number of the step that failed; stays 0 when `exec` succeeds.
     errno: AtomicI32,
@@ -141,7 +141,7 @@ fn page_size() -> usize {
 pub(crate) fn start(
     stack: &mut ChildStack,
     image: &Image,
-    stdio: &[OwnedFd; 3],
+    stdio: &[BorrowedFd<'_>; 3],
     setup: &Setup,
 ) -> Result<Pid, (Option<Pid>, i32)> {
     let context = Context {
@@ -242,7 +242,7 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
 
 /// The child's steps before `exec`, in order; returns the OS error number of the first that
 /// failed. Only async-signal-safe system calls on data prepared before the clone.
-fn prepare(stdio: &[OwnedFd; 3], setup: &Setup) -> Result<(), i32> {
+fn prepare(stdio: &[BorrowedFd<'_>; 3], setup: &Setup) -> Result<(), i32> {
     reset_signals();
     for (target, fd) in (0..).zip(stdio) {
         let fd = fd.as_raw_fd();

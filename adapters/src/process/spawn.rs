@@ -9,7 +9,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
@@ -151,32 +151,45 @@ fn check_cwd(cwd: &Path) -> Result<CString, SpawnError> {
 }
 
 /// The three standard descriptors of a child, as the child must see them, and the parent's
-/// ends of its output pipes.
+/// The pipes of a child's output: the write ends, which only the child keeps (close-on-exec
+/// here; `dup2` in the child clears that), and the read ends for the capture. A stream that
+/// is not piped goes to the spawner's one `/dev/null`, borrowed rather than duplicated.
 struct Stdio {
-    /// For fds 0, 1 and 2, in the child (close-on-exec here; `dup2` clears that).
-    child: [OwnedFd; 3],
+    out_write: Option<OwnedFd>,
+    err_write: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
 }
 
 impl Stdio {
-    fn new(spec: &ProcessSpec, null: &OwnedFd) -> io::Result<Self> {
-        let stream = |mode| -> io::Result<(OwnedFd, Option<OwnedFd>)> {
+    fn new(spec: &ProcessSpec) -> io::Result<Self> {
+        let stream = |mode| -> io::Result<(Option<OwnedFd>, Option<OwnedFd>)> {
             match mode {
                 OutputMode::Pipe => {
                     let (read, write) = unistd::pipe2(OFlag::O_CLOEXEC)?;
-                    Ok((write, Some(read)))
+                    Ok((Some(write), Some(read)))
                 }
-                OutputMode::Null => Ok((null.try_clone()?, None)),
+                OutputMode::Null => Ok((None, None)),
             }
         };
-        let (out, stdout) = stream(spec.stdout)?;
-        let (err, stderr) = stream(spec.stderr)?;
+        let (out_write, stdout) = stream(spec.stdout)?;
+        let (err_write, stderr) = stream(spec.stderr)?;
         Ok(Stdio {
-            child: [null.try_clone()?, out, err],
+            out_write,
+            err_write,
             stdout,
             stderr,
         })
+    }
+
+    /// What the child's fds 0, 1 and 2 become.
+    fn child<'a>(&'a self, null: &'a OwnedFd) -> [BorrowedFd<'a>; 3] {
+        let or_null = |fd: &'a Option<OwnedFd>| fd.as_ref().unwrap_or(null).as_fd();
+        [
+            null.as_fd(),
+            or_null(&self.out_write),
+            or_null(&self.err_write),
+        ]
     }
 }
 
@@ -208,7 +221,7 @@ fn spawn_one(
         cwd,
         parent: shared.supervisor_pid,
     };
-    let stdio = Stdio::new(spec, null).map_err(SpawnError::Pipe)?;
+    let stdio = Stdio::new(spec).map_err(SpawnError::Pipe)?;
 
     // The lock is held from the clone to registration, and the reaper only calls waitpid
     // with it held: the child cannot be reaped before its waiter exists.
@@ -216,7 +229,7 @@ fn spawn_one(
     if reg.stopped {
         return Err(SpawnError::LauncherStopped);
     }
-    let pid = match fork::start(stack, &image, &stdio.child, &setup) {
+    let pid = match fork::start(stack, &image, &stdio.child(null), &setup) {
         Ok(pid) => pid,
         // The child has exited with 127 (or never existed): the reaper collects it, no
         // waiter needed.

@@ -164,7 +164,7 @@ pub fn pids_with_env(needle: &str) -> Vec<u32> {
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use processcontrol::Event;
+use processcontrol::{Event, What};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
 
@@ -306,6 +306,17 @@ pub async fn next_event(
     })
     .await;
     found.unwrap_or_else(|_| panic!("timed out waiting for event {what}"))
+}
+
+/// Asserts that none of `events` is a limit violation or a state change: `why` says what
+/// should have kept the process as it was.
+pub fn assert_unchanged(events: &[Event], why: &str) {
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e.what, What::LimitExceeded { .. } | What::Transition { .. })),
+        "{why}: {events:?}"
+    );
 }
 
 /// The events received so far and not consumed yet.

@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod notify;

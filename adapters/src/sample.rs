@@ -35,6 +35,9 @@ pub struct Usage {
     pub cpu_percent: Option<f64>,
     /// Wall time since this root's previous sample: the span `cpu_percent` covers.
     pub interval: Option<Duration>,
+    /// CPU time (user and system) the processes now in the tree have used since each
+    /// started. It drops when a member exits: a counter built on it must absorb that.
+    pub cpu_time: Duration,
     /// Open file descriptors over the tree (sockets and pipes included).
     pub open_fds: u64,
     /// False when some member's fd table could not be read (a process of another user
@@ -257,12 +260,14 @@ impl ProcSampler {
                 rss_bytes: 0,
                 cpu_percent: None,
                 interval: baseline.map(|(elapsed, _)| elapsed),
+                cpu_time: Duration::ZERO,
                 open_fds: 0,
                 fds_complete: true,
                 threads: 0,
                 processes: 0,
             };
             let mut cpu_ticks = 0u64;
+            let mut total_ticks = 0u64;
             self.stack.clear();
             self.visited.clear();
             self.stack.push(root.pid);
@@ -287,6 +292,7 @@ impl ProcSampler {
                     Err(_) => {}
                 }
                 let key = (pid, stat.start_ticks);
+                total_ticks = total_ticks.saturating_add(stat.cpu_ticks);
                 self.next_ticks.insert(key, stat.cpu_ticks);
                 if let Some((_, prev_boot)) = baseline {
                     if let Some(prev) = self.prev_ticks.get(&key) {
@@ -305,6 +311,7 @@ impl ProcSampler {
                     usage.cpu_percent = Some(cpu_ticks as f64 / self.clk_tck as f64 / secs * 100.0);
                 }
             }
+            usage.cpu_time = Duration::from_secs_f64(total_ticks as f64 / self.clk_tck as f64);
             root.last = Some(now);
             out.push(SampleReport::Usage(usage));
         }

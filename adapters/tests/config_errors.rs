@@ -288,10 +288,32 @@ fn bad_units_names_and_ranges() {
             "must be at least 1",
             "an integer >= 1",
         ),
-        ("user = -1", "must be at least 0", "an integer >= 0"),
+        ("user = -1", "must be at least 0", "an integer from 0"),
+        // (uid_t)-1 means "unchanged" to setuid(2).
+        ("user = 4294967295", "4294967294", "an integer from 0"),
+        (
+            "user = \"4294967295\"",
+            "user id out of range",
+            "a user name or a numeric id",
+        ),
+        (
+            "user = \"nosuchuser-pc\"",
+            "unknown user",
+            "a user of this system (see /etc/passwd)",
+        ),
+        (
+            "group = \"nosuchgroup-pc\"",
+            "unknown group",
+            "a group of this system (see /etc/group)",
+        ),
         (
             "depends_on = { db = \"ready\" }",
             "unknown condition",
+            "one of `started`, `healthy` or `completed`",
+        ),
+        (
+            "depends_on = { db = \"healty\" }",
+            "unknown condition; did you mean `healthy`?",
             "one of `started`, `healthy` or `completed`",
         ),
     ];

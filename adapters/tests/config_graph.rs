@@ -39,8 +39,11 @@ fn unknown_dependency_is_reported_at_its_name() {
         (e.kind, e.line, e.column),
         (ErrorKind::UnknownDependency, 3, 16)
     );
-    assert_eq!(e.message, "processes.web.depends_on: unknown process `dbb`");
-    assert_eq!(e.expected, "one of `db`");
+    assert_eq!(
+        e.message,
+        "processes.web.depends_on: unknown process `dbb`; did you mean `db`?"
+    );
+    assert_eq!(e.expected, "the name of another process in this file");
     assert_eq!(e.found, "\"dbb\"");
 }
 

@@ -75,7 +75,7 @@ fn full_example_loads() {
         Some(base.join("run/pc.sock").as_path())
     );
     assert_eq!(s.log_dir.as_deref(), Some(base.join("logs").as_path()));
-    assert_eq!(s.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    assert_eq!(s.http, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(s.shutdown_grace, Duration::from_secs(45));
 
     let names: Vec<&str> = config

@@ -43,6 +43,8 @@ pub struct Machine {
     last_instance: u64,
     /// Restart spawns so far, all causes (for status output).
     restarts: u64,
+    /// What asked for the latest restart spawn, so a count by cause can follow `restarts`.
+    last_restart: Option<Trigger>,
     /// How the last instance's main process ended, if one did.
     last_exit: Option<ExitStatus>,
     backoff: Backoff,
@@ -106,6 +108,21 @@ enum Trigger {
 }
 
 impl Trigger {
+    /// The cause a transition made by this trigger carries.
+    fn cause(self) -> Cause {
+        match self {
+            Trigger::Exit(status) => Cause::Exited(status),
+            Trigger::SpawnFailed(error) => Cause::SpawnFailed(error),
+            Trigger::Liveness => Cause::LivenessFailed,
+            Trigger::Startup => Cause::StartupFailed,
+            Trigger::Limit(resource) => Cause::Limit {
+                resource,
+                action: LimitAction::Restart,
+            },
+            Trigger::Manual(cause) => Cause::Restart(cause),
+        }
+    }
+
     /// Failures get backoff and end a half-open trial; manual and reload restarts do neither.
     fn is_failure(self) -> bool {
         !matches!(self, Trigger::Manual(_))
@@ -192,6 +209,7 @@ impl Machine {
             phase: Phase::Idle(Rest::Stopped),
             last_instance: 0,
             restarts: 0,
+            last_restart: None,
             last_exit: None,
             backoff: Backoff::new(policy.seed),
             breaker: Breaker::new(&policy.breaker),
@@ -268,6 +286,13 @@ impl Machine {
     /// Restart spawns so far, every cause.
     pub fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// The cause (as named in events) of the latest restart spawn counted by
+    /// [`Machine::restarts`]: `exited`, `oom_killed`, `spawn_failed`, `liveness_failed`,
+    /// `startup_failed`, `limit_exceeded`, `manual_restart` or `reload`.
+    pub fn last_restart_cause(&self) -> Option<&'static str> {
+        self.last_restart.map(|t| t.cause().name())
     }
 
     /// The breaker, as status output shows it.
@@ -788,6 +813,9 @@ impl Machine {
                 return self.open_breaker(s);
             }
             self.restarts += 1;
+            if let Launch::Restart(trigger) = launch {
+                self.last_restart = Some(trigger);
+            }
         }
         if kind == SpawnKind::Trial {
             self.breaker.half_open = true;

@@ -96,6 +96,15 @@ pub enum Command {
     Reload(SocketArg),
     /// Stop every process (in reverse dependency order) and the daemon.
     Shutdown(SocketArg),
+    /// Print a completion script for a shell: `source <(processcontrol completions bash)`,
+    /// or save it where the shell looks (bash, zsh, fish; also elvish and powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `processcontrol man | man -l -`, or save it as
+    /// processcontrol.1 in a man directory.
+    Man,
 }
 
 /// `-c FILE`.
@@ -127,9 +136,24 @@ pub struct UpArgs {
     pub config: ConfigArg,
     #[command(flatten)]
     pub socket: SocketArg,
-    /// Serve Prometheus metrics on this loopback address (overrides [supervisor] metrics).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub http: HttpArg,
+    /// End once every process is done: exit 0 if each ended well, else with the status of
+    /// the first that did not [config: supervisor.exit_on_end].
+    #[arg(long)]
+    pub exit_on_end: bool,
+    /// End once NAME is done, stopping the others, and exit with NAME's exit status.
+    #[arg(long, value_name = "NAME", conflicts_with = "exit_on_end")]
+    pub exit_code_from: Option<String>,
+}
+
+/// `--http ADDR`.
+#[derive(Debug, Args)]
+pub struct HttpArg {
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on ADDR: PORT or :PORT for loopback,
+    /// IP:PORT for any address [up: overrides supervisor.http].
+    #[arg(long = "http", visible_alias = "metrics", value_name = "ADDR", value_parser = http_addr)]
+    pub addr: Option<std::net::SocketAddr>,
 }
 
 /// A process name, or --all.
@@ -168,6 +192,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    #[command(flatten)]
+    pub http: HttpArg,
+
     /// Write one JSON line per state transition to this file (`-` for stdout).
     #[arg(long, value_name = "PATH|-")]
     pub events: Option<PathBuf>,
@@ -180,8 +207,19 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
 
-    /// The program and its arguments.
-    #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]...")]
+    /// Run the process NAME of this config file (`run --config FILE NAME`), with every
+    /// setting the file gives it; the flags above are then not used (but --events and --http).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The program and its arguments (`--` before them is optional: everything after the
+    /// program is its own); with --config, the process's name.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = false,
+        value_name = "PROGRAM [ARGS]..."
+    )]
     pub argv: Vec<String>,
 }
 
@@ -337,6 +375,12 @@ impl From<LimitActionArg> for LimitAction {
 
 fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn http_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    processcontrol::adapters::http::parse_addr(s).map_err(|why| {
+        format!("{why}; expected a port, or an IP address and a port, such as 127.0.0.1:9100")
+    })
 }
 
 fn size(s: &str) -> Result<u64, String> {

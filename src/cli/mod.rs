@@ -2,8 +2,10 @@
 
 mod args;
 mod client;
+mod ending;
 mod exit;
 mod run;
+mod systemd;
 mod up;
 
 use clap::Parser;
@@ -44,6 +46,13 @@ pub fn main() -> u8 {
                     .collect();
                 line = format!("{line} {}", rest.join(", "));
             }
+            // clap's "did you mean": `tip: a similar argument exists: '--restart'`.
+            for tip in rendered
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("tip: "))
+            {
+                line.push_str(&format!("; {tip}"));
+            }
             if let Some(values) = rendered
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("[possible values: "))
@@ -61,7 +70,14 @@ pub fn main() -> u8 {
     let socket = |s: args::SocketArg| s.socket.unwrap_or_else(default_socket_path);
     match cli.command {
         Command::Run(args) => run::run(*args),
-        Command::Up(args) => up::up(args.config.file, args.socket.socket, args.metrics),
+        Command::Up(args) => {
+            let end = match (args.exit_code_from, args.exit_on_end) {
+                (Some(name), _) => Some(ending::EndWhen::Process(name)),
+                (None, true) => Some(ending::EndWhen::All),
+                (None, false) => None,
+            };
+            up::up(args.config.file, args.socket.socket, args.http.addr, end)
+        }
         Command::Check(config) => match up::load(&config.file) {
             Ok(config) => {
                 println!("ok: {} process(es)", config.processes.len());
@@ -124,6 +140,23 @@ pub fn main() -> u8 {
         }
         Command::Reload(s) => client::call(&socket(s), Request::Reload, false),
         Command::Shutdown(s) => client::call(&socket(s), Request::Shutdown, false),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(
+                shell,
+                &mut command,
+                "processcontrol",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => exit::usage(&format!("cannot write the man page: {e}")),
+            }
+        }
     }
 }
 

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use processcontrol::adapters::http;
 use processcontrol::{
     BackoffPolicy, BreakerPolicy, Cooldown, Echo, ExitStatus, Host, HostConfig, LimitRule,
     ProbeSpec, ProcessSpec, Resource, Signal, StateName, Status, What,
@@ -13,12 +14,19 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::RunArgs;
 use super::exit;
+use super::systemd::Systemd;
 
 /// Runs the program until it finishes for good, the supervisor gives up, or a signal stops it.
 pub fn run(args: RunArgs) -> u8 {
-    let spec = match build(&args) {
-        Ok(spec) => spec,
-        Err(message) => return exit::usage(&message),
+    let spec = match &args.config {
+        Some(file) => match from_config(file, &args.argv) {
+            Ok(spec) => spec,
+            Err(code) => return code,
+        },
+        None => match build(&args) {
+            Ok(spec) => spec,
+            Err(message) => return exit::usage(&message),
+        },
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -29,7 +37,43 @@ pub fn run(args: RunArgs) -> u8 {
         Err(e) => return exit::usage(&format!("cannot start the runtime: {e}")),
     };
     let gives_up = matches!(spec.policy.breaker.cooldown, Cooldown::Never);
-    runtime.block_on(supervise(spec, args.events, gives_up))
+    let systemd = Systemd::take_from_env();
+    runtime.block_on(supervise(
+        spec,
+        args.events,
+        args.http.addr,
+        systemd,
+        gives_up,
+    ))
+}
+
+/// The process `NAME` of a config file, exactly as `up` would run it (its dependencies are
+/// not started: it runs alone).
+fn from_config(file: &Path, argv: &[String]) -> Result<ProcessSpec, u8> {
+    let [name] = argv else {
+        return Err(exit::usage(
+            "with --config, give one process name (its command comes from the file)",
+        ));
+    };
+    let config = super::up::load(file)?;
+    let names: Vec<&str> = config
+        .processes
+        .iter()
+        .map(|p| p.spec.name.as_str())
+        .collect();
+    let Some(entry) = config.processes.iter().find(|p| p.spec.name == *name) else {
+        let hint = processcontrol::adapters::config::suggest(name, &names)
+            .map(|near| format!("; did you mean `{near}`?"))
+            .unwrap_or_default();
+        return Err(exit::usage(&format!(
+            "invalid value '{name}' for 'NAME': no process of {} has that name{hint}",
+            file.display()
+        )));
+    };
+    let mut spec = entry.spec.clone();
+    spec.logs.echo = Echo::Plain;
+    spec.policy.seed = u64::from(std::process::id());
+    Ok(spec)
 }
 
 /// The specification the flags describe, or a one-line error naming the flag.
@@ -167,7 +211,13 @@ fn find_program(program: &str, cwd: Option<&Path>) -> Option<PathBuf> {
         .find(|p| executable(p))
 }
 
-async fn supervise(spec: ProcessSpec, events_path: Option<PathBuf>, gives_up: bool) -> u8 {
+async fn supervise(
+    spec: ProcessSpec,
+    events_path: Option<PathBuf>,
+    http_addr: Option<std::net::SocketAddr>,
+    mut systemd: Option<Systemd>,
+    gives_up: bool,
+) -> u8 {
     let host = match Host::new(HostConfig::default()) {
         Ok(host) => host,
         Err(e) => return exit::usage(&e.to_string()),
@@ -182,6 +232,19 @@ async fn supervise(spec: ProcessSpec, events_path: Option<PathBuf>, gives_up: bo
     };
     let mut events = sup.subscribe();
     let mut status = sup.watch_status();
+    let endpoint = match http_addr {
+        Some(addr) => {
+            let source = std::sync::Arc::new(sup.watch_status());
+            match http::Endpoint::bind(addr, source, Default::default()).await {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => return exit::usage(&e.to_string()),
+            }
+        }
+        None => None,
+    };
+    if let Some(systemd) = &systemd {
+        systemd.spawn_watchdog();
+    }
     if sup.start().is_err() {
         return exit::GAVE_UP;
     }
@@ -212,8 +275,8 @@ async fn supervise(spec: ProcessSpec, events_path: Option<PathBuf>, gives_up: bo
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            _ = term.recv() => stopping = stop(&sup, stopping),
-            _ = int.recv() => stopping = stop(&sup, stopping),
+            _ = term.recv() => stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref()),
+            _ = int.recv() => stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref()),
             Some(sig) = forwarded.recv() => {
                 let _ = sup.forward(sig);
             }
@@ -222,6 +285,9 @@ async fn supervise(spec: ProcessSpec, events_path: Option<PathBuf>, gives_up: bo
                     break;
                 }
                 let now = status.borrow().clone();
+                if let Some(systemd) = systemd.as_mut() {
+                    systemd.update(&http::Source::statuses(&status));
+                }
                 if let Some(code) = finished(&now, gives_up) {
                     // Drain the events already published, so the file is complete.
                     while let Ok(event) = events.try_recv() {
@@ -233,6 +299,9 @@ async fn supervise(spec: ProcessSpec, events_path: Option<PathBuf>, gives_up: bo
                     }
                     if let Some(out) = events_out.as_mut() {
                         let _ = out.flush();
+                    }
+                    if let Some(systemd) = &systemd {
+                        systemd.stopping();
                     }
                     sup.shutdown().await;
                     return code;
@@ -250,8 +319,20 @@ fn written(what: &What) -> bool {
     !matches!(what, What::Ignored { .. } | What::BackoffScheduled { .. })
 }
 
-/// The first SIGTERM or SIGINT stops the program gracefully; a second one kills it.
-fn stop(sup: &processcontrol::Supervisor, stopping: bool) -> bool {
+/// The first SIGTERM or SIGINT stops the program gracefully (and turns `/readyz` to 503); a
+/// second one kills it.
+fn stop(
+    sup: &processcontrol::Supervisor,
+    stopping: bool,
+    endpoint: Option<&http::Endpoint>,
+    systemd: Option<&Systemd>,
+) -> bool {
+    if let Some(endpoint) = endpoint {
+        endpoint.stopping();
+    }
+    if let Some(systemd) = systemd {
+        systemd.stopping();
+    }
     let _ = if stopping { sup.kill() } else { sup.stop(None) };
     true
 }

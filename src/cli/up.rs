@@ -7,13 +7,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use processcontrol::adapters::config::{self, Config};
 use processcontrol::adapters::control::{self, Handler, Reply, Request};
-use processcontrol::adapters::metrics;
+use processcontrol::adapters::http;
 use processcontrol::adapters::supervise::{Echo, Group, Host, HostConfig, Member};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
 
+use super::ending::{self, EndWhen, Ending};
 use super::exit;
+use super::systemd::Systemd;
 
 /// Loads and validates a configuration; prints every error (file:line:column) on failure.
 pub fn load(path: &Path) -> Result<Config, u8> {
@@ -54,12 +56,43 @@ fn members(config: &Config) -> Vec<Member> {
 pub fn up(
     config_path: PathBuf,
     socket: Option<PathBuf>,
-    metrics_addr: Option<std::net::SocketAddr>,
+    http_addr: Option<std::net::SocketAddr>,
+    end: Option<EndWhen>,
 ) -> u8 {
     let config = match load(&config_path) {
         Ok(config) => config,
         Err(code) => return code,
     };
+    let end = end.or(config.supervisor.exit_on_end.then_some(EndWhen::All));
+    if let Some(EndWhen::Process(name)) = &end {
+        let names: Vec<&str> = config
+            .processes
+            .iter()
+            .map(|p| p.spec.name.as_str())
+            .collect();
+        if !names.contains(&name.as_str()) {
+            let hint = config::suggest(name, &names)
+                .map(|near| format!("; did you mean `{near}`?"))
+                .unwrap_or_default();
+            return exit::usage(&format!(
+                "invalid value '{name}' for '--exit-code-from <NAME>': no process of {} has that name{hint}",
+                config_path.display()
+            ));
+        }
+    }
+    let gives_up = config
+        .processes
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.spec.policy.breaker.cooldown,
+                processcontrol::Cooldown::Never
+            )
+        })
+        .map(|p| p.spec.name.clone())
+        .collect();
+    let ending = end.map(|when| Ending::new(when, gives_up));
+    let systemd = Systemd::take_from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,16 +120,28 @@ pub fn up(
             Ok(server) => server,
             Err(e) => return exit::usage(&e.to_string()),
         };
-        let metrics_task = match metrics_addr.or(config.supervisor.metrics) {
-            Some(addr) => match metrics::serve(addr, group.clone()).await {
-                Ok((bound, task)) => {
-                    tracing::info!(%bound, "serving metrics");
-                    Some(task)
+        let endpoint = match http_addr.or(config.supervisor.http) {
+            Some(addr) => match http::Endpoint::bind(addr, group.clone(), Default::default()).await {
+                Ok(endpoint) => {
+                    tracing::info!(bound = %endpoint.local_addr(), "serving /healthz, /readyz, /metrics");
+                    Some(endpoint)
                 }
                 Err(e) => return exit::usage(&e.to_string()),
             },
             None => None,
         };
+        let stopping = systemd.as_ref().map(Systemd::handle);
+        if let Some(systemd) = &systemd {
+            systemd.spawn_watchdog();
+        }
+        let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+        let follower = tokio::spawn(ending::follow(
+            group.clone(),
+            group.subscribe(),
+            systemd,
+            ending,
+            ended_tx,
+        ));
         if let Err(e) = group.apply(members(&config)).await {
             group.shutdown().await;
             return exit::usage(&e.to_string());
@@ -112,8 +157,13 @@ pub fn up(
         ) else {
             return exit::usage("cannot install signal handlers");
         };
+        let mut code = 0;
         loop {
             tokio::select! {
+                Ok(end) = &mut ended => {
+                    code = end;
+                    break;
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 () = daemon.shutdown.notified() => break,
@@ -124,14 +174,19 @@ pub fn up(
             }
         }
         tracing::info!("shutting down");
+        follower.abort();
+        if let Some(systemd) = &stopping {
+            systemd.stopping();
+        }
+        if let Some(endpoint) = &endpoint {
+            endpoint.stopping();
+        }
         group.shutdown().await;
         // The control socket answers status until every process is down.
         let _ = stop_serving.send(());
         let _ = serving.await;
-        if let Some(task) = metrics_task {
-            task.abort();
-        }
-        0
+        drop(endpoint);
+        code
     })
 }
 

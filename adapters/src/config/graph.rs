@@ -24,25 +24,29 @@ pub(crate) fn check(r: &mut Report<'_>, nodes: &[Node<'_>], all_names: &[&str]) 
             if all_names.contains(&dep.name.as_str()) {
                 continue;
             }
-            let near = all_names
+            let others: Vec<&str> = all_names
                 .iter()
                 .filter(|n| **n != node.name)
                 .copied()
-                .collect::<Vec<_>>();
-            let expected = if near.is_empty() {
-                "the name of another process in this file".to_string()
-            } else {
-                format!("one of {}", super::value::list(&near))
-            };
-            r.error(
-                &dep.span,
-                ErrorKind::UnknownDependency,
-                format!(
+                .collect();
+            // One suggestion, never the whole list: a file may have thousands of processes.
+            let message = match super::value::suggest(&dep.name, &others) {
+                Some(near) => format!(
+                    "{}: unknown process `{}`; did you mean `{near}`?",
+                    join(&join("processes", node.name), "depends_on"),
+                    dep.name
+                ),
+                None => format!(
                     "{}: unknown process `{}`",
                     join(&join("processes", node.name), "depends_on"),
                     dep.name
                 ),
-                expected,
+            };
+            r.error(
+                &dep.span,
+                ErrorKind::UnknownDependency,
+                message,
+                "the name of another process in this file",
                 quote(&dep.name),
             );
         }

@@ -8,6 +8,7 @@
 //! (`restart`, `backoff.initial`, `breaker.max_restarts`, `stop.signal`, ...) and values are
 //! read with the same parsers, so the two never disagree. `docs/config.md` lists every key.
 
+mod env_file;
 mod error;
 mod graph;
 mod probe;
@@ -24,6 +25,7 @@ use toml::de::DeTable;
 use crate::supervise::ProcessSpec;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
+pub use value::suggest;
 
 use error::Report;
 use value::{quote, Table};
@@ -47,10 +49,13 @@ pub struct SupervisorConfig {
     pub socket: Option<PathBuf>,
     /// Where `logs.file = true` writes `<name>.log`; `None`: no log files.
     pub log_dir: Option<PathBuf>,
-    /// Where to serve metrics; `None`: no metrics endpoint.
-    pub metrics: Option<SocketAddr>,
+    /// Where to serve `/healthz`, `/readyz` and `/metrics` (`http`, or its older name
+    /// `metrics`); `None`: no HTTP endpoint.
+    pub http: Option<SocketAddr>,
     /// How long a whole shutdown may take before everything still running is killed.
     pub shutdown_grace: Duration,
+    /// `up` ends once every process is done, with an exit status that says how they ended.
+    pub exit_on_end: bool,
 }
 
 impl Default for SupervisorConfig {
@@ -58,8 +63,9 @@ impl Default for SupervisorConfig {
         SupervisorConfig {
             socket: None,
             log_dir: None,
-            metrics: None,
+            http: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            exit_on_end: false,
         }
     }
 }
@@ -264,7 +270,17 @@ fn supervisor(r: &mut Report<'_>, root: &Table<'_, '_>, base_dir: &Path) -> Supe
         span: k.span(),
         table,
     };
-    t.check_keys(r, &["socket", "log_dir", "metrics", "shutdown_grace"]);
+    t.check_keys(
+        r,
+        &[
+            "socket",
+            "log_dir",
+            "http",
+            "metrics",
+            "shutdown_grace",
+            "exit_on_end",
+        ],
+    );
     let path = |r: &mut Report<'_>, key: &str| {
         let v = t.get(key)?;
         let s = value::nonempty_string(r, &t.path_of(key), v, "a path")?;
@@ -272,16 +288,30 @@ fn supervisor(r: &mut Report<'_>, root: &Table<'_, '_>, base_dir: &Path) -> Supe
     };
     config.socket = path(r, "socket");
     config.log_dir = path(r, "log_dir");
-    if let Some(v) = t.get("metrics") {
-        let p = t.path_of("metrics");
+    if let (Some(_), Some(v)) = (t.get("http"), t.get("metrics")) {
+        value::invalid(
+            r,
+            &t.path_of("metrics"),
+            v,
+            "given together with supervisor.http, of which it is the older name",
+            "only one of `http` and `metrics`",
+        );
+    }
+    for key in ["http", "metrics"] {
+        let Some(v) = t.get(key) else { continue };
+        let p = t.path_of(key);
         const EXPECTED: &str =
-            "an IP address and a port from 1 to 65535, such as \"127.0.0.1:9100\"";
+            "a port, or an IP address and a port from 1 to 65535, such as \"127.0.0.1:9100\"";
         if let Some(s) = value::nonempty_string(r, &p, v, EXPECTED) {
-            match s.parse::<SocketAddr>() {
-                Ok(addr) if addr.port() != 0 => config.metrics = Some(addr),
-                Ok(_) => value::invalid(r, &p, v, "port 0", EXPECTED),
-                Err(_) => value::invalid(r, &p, v, "invalid address", EXPECTED),
+            match crate::http::parse_addr(s) {
+                Ok(addr) => config.http = config.http.or(Some(addr)),
+                Err(why) => value::invalid(r, &p, v, why, EXPECTED),
             }
+        }
+    }
+    if let Some(v) = t.get("exit_on_end") {
+        if let Some(b) = value::boolean(r, &t.path_of("exit_on_end"), v) {
+            config.exit_on_end = b;
         }
     }
     if let Some(v) = t.get("shutdown_grace") {

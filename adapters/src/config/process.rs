@@ -24,9 +24,10 @@ use super::value::{self, join, quote, Key, Table, Value};
 use super::Condition;
 
 /// The keys of a process table.
-pub(crate) const KEYS: [&str; 19] = [
+pub(crate) const KEYS: [&str; 20] = [
     "command",
     "env",
+    "env_file",
     "clear_env",
     "cwd",
     "user",
@@ -122,7 +123,13 @@ pub(crate) fn process(
 
     let cwd = cwd(r, g, &t);
     let cwd_ok = cwd.is_dir();
-    let env = env(r, &t);
+    let user = identity(r, &t, "user");
+    let group = identity(r, &t, "group");
+    // The account's variables, then the files', then `env`: a later one wins.
+    let mut vars = account_env(r, &t, user.as_ref());
+    vars.extend(env_files(r, g, &t));
+    vars.extend(env(r, &t));
+    let env = vars;
     let clear_env = t
         .get("clear_env")
         .and_then(|v| value::boolean(r, &t.path_of("clear_env"), v))
@@ -178,8 +185,8 @@ pub(crate) fn process(
     if clear_env {
         spec.command.env_base = EnvBase::Clear;
     }
-    spec.command.user = identity(r, &t, "user");
-    spec.command.group = identity(r, &t, "group");
+    spec.command.user = user;
+    spec.command.group = group;
 
     let policy = &mut spec.policy;
     if let Some(v) = t.get("restart") {
@@ -354,27 +361,153 @@ fn env(r: &mut Report<'_>, t: &Table<'_, '_>) -> Vec<(String, String)> {
     out
 }
 
+/// `user` or `group`: a name that must exist on this system, or a numeric id (which may
+/// have no entry, as in containers).
 fn identity(r: &mut Report<'_>, t: &Table<'_, '_>, key: &str) -> Option<Identity> {
     let v = t.get(key)?;
     let path = t.path_of(key);
     let expected = format!("a {key} name or a numeric id");
+    // u32::MAX is (uid_t)-1, which set*id calls read as "leave unchanged".
+    let max = i128::from(u32::MAX - 1);
     match v.get_ref() {
-        DeValue::Integer(_) => value::integer(r, &path, v, 0, i128::from(u32::MAX))
+        DeValue::Integer(_) => value::integer(r, &path, v, 0, max)
             .and_then(|n| u32::try_from(n).ok())
             .map(Identity::Id),
         DeValue::String(s) if s.is_empty() || s.contains('\0') => {
             value::invalid(r, &path, v, &format!("invalid {key} name"), expected);
             None
         }
-        DeValue::String(s) => Some(match s.parse::<u32>() {
-            Ok(id) => Identity::Id(id),
-            Err(_) => Identity::Name(s.to_string()),
-        }),
+        DeValue::String(s) => match s.parse::<u32>() {
+            Ok(id) if id == u32::MAX => {
+                value::invalid(r, &path, v, &format!("{key} id out of range"), expected);
+                None
+            }
+            Ok(id) => Some(Identity::Id(id)),
+            Err(_) => {
+                let known = if key == "user" {
+                    nix::unistd::User::from_name(s).map(|u| u.is_some())
+                } else {
+                    nix::unistd::Group::from_name(s).map(|g| g.is_some())
+                };
+                match known {
+                    Ok(true) => Some(Identity::Name(s.to_string())),
+                    Ok(false) => {
+                        let db = if key == "user" {
+                            "/etc/passwd"
+                        } else {
+                            "/etc/group"
+                        };
+                        value::invalid(
+                            r,
+                            &path,
+                            v,
+                            &format!("unknown {key}"),
+                            format!("a {key} of this system (see {db}) or a numeric id"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        value::invalid(
+                            r,
+                            &path,
+                            v,
+                            &format!("cannot look the {key} up: {e}"),
+                            expected,
+                        );
+                        None
+                    }
+                }
+            }
+        },
         _ => {
             value::wrong_type(r, &path, v, &expected);
             None
         }
     }
+}
+
+/// HOME, USER, LOGNAME and SHELL of the account a process runs as, as login(1) and systemd's
+/// `User=` set them: without them it would get the supervisor's (root's) HOME.
+fn account_env(
+    r: &mut Report<'_>,
+    t: &Table<'_, '_>,
+    user: Option<&Identity>,
+) -> Vec<(String, String)> {
+    let found = match user {
+        None => return Vec::new(),
+        Some(Identity::Name(name)) => nix::unistd::User::from_name(name),
+        Some(Identity::Id(id)) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*id)),
+    };
+    match found {
+        Ok(Some(u)) => vec![
+            ("HOME".into(), u.dir.to_string_lossy().into_owned()),
+            ("USER".into(), u.name.clone()),
+            ("LOGNAME".into(), u.name),
+            ("SHELL".into(), u.shell.to_string_lossy().into_owned()),
+        ],
+        // An id without an entry: nothing to take.
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            if let Some(v) = t.get("user") {
+                value::invalid(
+                    r,
+                    &t.path_of("user"),
+                    v,
+                    &format!("cannot look the user up: {e}"),
+                    "a user of this system",
+                );
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// `env_file`: one path or a list, relative to the config file's directory, read in order.
+fn env_files(r: &mut Report<'_>, g: &Globals<'_>, t: &Table<'_, '_>) -> Vec<(String, String)> {
+    let Some(v) = t.get("env_file") else {
+        return Vec::new();
+    };
+    let path = t.path_of("env_file");
+    let files: Vec<(String, Range<usize>)> = match v.get_ref() {
+        DeValue::String(s) => vec![(s.to_string(), v.span())],
+        DeValue::Array(_) => value::strings(r, &path, v)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(s, span)| (s.to_string(), span))
+            .collect(),
+        _ => {
+            value::wrong_type(r, &path, v, "a path or a list of paths");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (file, span) in files {
+        let full = g.base_dir.join(&file);
+        let text = match std::fs::read_to_string(&full) {
+            Ok(text) => text,
+            Err(e) => {
+                r.error(
+                    &span,
+                    ErrorKind::InvalidValue,
+                    format!("{path}: cannot read {}: {e}", full.display()),
+                    "a readable file of KEY=VALUE lines (relative paths start at the config file's directory)",
+                    quote(&file),
+                );
+                continue;
+            }
+        };
+        match super::env_file::parse(&text) {
+            Ok(vars) => out.extend(vars),
+            Err((line, why)) => r.error(
+                &span,
+                ErrorKind::InvalidValue,
+                format!("{path}: {}:{line}: {why}", full.display()),
+                "KEY=VALUE lines, # comments, values optionally quoted",
+                quote(&file),
+            ),
+        }
+    }
+    out
 }
 
 /// A sub-table of a process, checked for unknown keys; `None` when absent or not a table.

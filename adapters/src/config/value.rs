@@ -129,7 +129,8 @@ pub(crate) fn list(items: &[&str]) -> String {
 }
 
 /// The allowed name closest to a misspelt one, if it is close enough to be a typo.
-fn suggest<'s>(name: &str, allowed: &[&'s str]) -> Option<&'s str> {
+/// The closest of `allowed` to `name`, when it is close enough to be a typo.
+pub fn suggest<'s>(name: &str, allowed: &[&'s str]) -> Option<&'s str> {
     allowed
         .iter()
         .map(|a| (edit_distance(name, a), *a))
@@ -510,7 +511,11 @@ pub(crate) fn choice<T: Copy>(
     match choices.iter().find(|(n, _)| *n == s.as_ref()) {
         Some((_, t)) => Some(*t),
         None => {
-            invalid(r, path, v, &format!("unknown {what}"), expected);
+            let why = match suggest(s, &names) {
+                Some(near) => format!("unknown {what}; did you mean `{near}`?"),
+                None => format!("unknown {what}"),
+            };
+            invalid(r, path, v, &why, expected);
             None
         }
     }

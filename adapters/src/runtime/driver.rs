@@ -6,11 +6,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use processcontrol_core::{Effect, Input, Machine, Timestamp, Usage};
+use processcontrol_core::{Cause, Effect, Input, Machine, Notification, Timestamp, Usage};
 use tokio::sync::watch;
 
 use super::event::Event;
-use super::status::{breaker_name, Status};
+use super::status::{breaker_name, Status, Tallies};
 use crate::ports::{Mail, Ports, Reporter};
 
 pub(crate) struct Driver {
@@ -28,6 +28,8 @@ pub(crate) struct Driver {
     pub(crate) usage: Option<Usage>,
     /// A shutdown was asked: the task ends once the process is at rest.
     pub(crate) closing: bool,
+    /// Totals for status; a new copy is made only when one of them moves.
+    pub(crate) tallies: Arc<Tallies>,
 }
 
 impl Driver {
@@ -99,6 +101,7 @@ impl Driver {
         for effect in &outcome.effects {
             self.execute(*effect).await;
         }
+        self.tally(&outcome.notifications);
         let pid = self.machine.pid();
         for n in &outcome.notifications {
             let event = Event::from_notification(&self.name, n, self.last_error.as_deref(), pid);
@@ -149,6 +152,46 @@ impl Driver {
         }
     }
 
+    /// Counts what one step did: the machine's newest restart (at most one per step) under
+    /// its cause, limits exceeded, and failed probe verdicts.
+    fn tally<'a>(&mut self, notifications: impl IntoIterator<Item = &'a Notification>) {
+        let counted: u64 = self.tallies.restarts.iter().map(|(_, n)| n).sum();
+        let restart = self
+            .machine
+            .last_restart_cause()
+            .filter(|_| self.machine.restarts() > counted)
+            .map(|cause| (cause, self.machine.restarts() - counted));
+        let mut counts = notifications.into_iter().filter_map(|n| match n {
+            Notification::LimitExceeded { resource, .. } => Some((true, resource.name())),
+            Notification::ReadyChanged { ready: false, .. } => Some((false, "readiness")),
+            Notification::Transition {
+                cause: Cause::LivenessFailed,
+                ..
+            } => Some((false, "liveness")),
+            Notification::Transition {
+                cause: Cause::StartupFailed,
+                ..
+            } => Some((false, "startup")),
+            _ => None,
+        });
+        let first = counts.next();
+        if restart.is_none() && first.is_none() {
+            return;
+        }
+        let t = Arc::make_mut(&mut self.tallies);
+        if let Some((cause, n)) = restart {
+            Tallies::add(&mut t.restarts, cause, n);
+        }
+        for (limit, name) in first.into_iter().chain(counts) {
+            let list = if limit {
+                &mut t.limits_exceeded
+            } else {
+                &mut t.probe_failures
+            };
+            Tallies::add(list, name, 1);
+        }
+    }
+
     fn publish_status(&self, now: Timestamp) {
         let m = &self.machine;
         let started_at = m
@@ -162,8 +205,10 @@ impl Driver {
             pid: m.pid(),
             started_at,
             restarts: m.restarts(),
+            tallies: self.tallies.clone(),
             breaker: breaker_name(m.breaker()),
             ready: m.ready(),
+            has_readiness: m.policy().health.readiness.is_some(),
             exit: m.last_exit(),
             last_error: self.last_error.clone(),
             rss: usage.map(|u| u.memory),

@@ -55,6 +55,7 @@ impl Supervisor {
         let name: Arc<str> = name.into();
         let (mail_tx, mail) = flume::unbounded();
         let mut status = Status::new(name.clone());
+        status.has_readiness = machine.policy().health.readiness.is_some();
         let mut queue = VecDeque::new();
         if start {
             // The start is the task's first input, and from a stopped machine it always
@@ -76,6 +77,7 @@ impl Supervisor {
             last_error: None,
             usage: None,
             closing: false,
+            tallies: Arc::default(),
         };
         let task = tokio::spawn(Box::new(driver).run());
         Ok(Supervisor {

@@ -8,7 +8,7 @@ mod status;
 
 pub use event::{now_rfc3339, Event, What};
 pub use handle::{CommandError, Events, Supervisor};
-pub use status::Status;
+pub use status::{Status, Tallies};
 
 #[cfg(test)]
 mod tests;

@@ -22,10 +22,16 @@ pub struct Status {
     pub started_at: Option<SystemTime>,
     /// Restarts so far, every cause.
     pub restarts: u64,
+    /// Totals since the process was added, for metrics (`restarts` by cause among them).
+    #[serde(skip)]
+    pub tallies: Arc<Tallies>,
     /// `closed`, `open` or `half_open`.
     pub breaker: &'static str,
     /// Whether the readiness probe passed (false without one).
     pub ready: bool,
+    /// Whether the process has a readiness probe: only then is `ready` expected.
+    #[serde(skip)]
+    pub has_readiness: bool,
     /// How the last instance's main process ended, if one did.
     pub exit: Option<ExitStatus>,
     /// The last spawn error, for people.
@@ -45,8 +51,10 @@ impl Status {
             pid: None,
             started_at: None,
             restarts: 0,
+            tallies: Arc::default(),
             breaker: "closed",
             ready: false,
+            has_readiness: false,
             exit: None,
             last_error: None,
             rss: None,
@@ -68,6 +76,28 @@ impl Status {
                 self.state,
                 StateName::Stopped | StateName::Exited | StateName::Failed | StateName::Killed
             )
+    }
+}
+
+/// Counts by name since a process was added: each list holds `(name, count)` pairs, in the
+/// order the names first occurred.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tallies {
+    /// Restart spawns by cause (as named in events: `exited`, `liveness_failed`...); they sum
+    /// to [`Status::restarts`].
+    pub restarts: Vec<(&'static str, u64)>,
+    /// Limits exceeded for their whole `for` duration, by resource.
+    pub limits_exceeded: Vec<(&'static str, u64)>,
+    /// Failed probe verdicts by probe (`liveness`, `readiness`, `startup`).
+    pub probe_failures: Vec<(&'static str, u64)>,
+}
+
+impl Tallies {
+    pub(crate) fn add(list: &mut Vec<(&'static str, u64)>, name: &'static str, n: u64) {
+        match list.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, count)) => *count += n,
+            None => list.push((name, n)),
+        }
     }
 }
 

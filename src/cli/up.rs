@@ -134,18 +134,20 @@ pub fn up(
         if let Some(systemd) = &systemd {
             systemd.spawn_watchdog();
         }
-        let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
-        let follower = tokio::spawn(ending::follow(
-            group.clone(),
-            group.subscribe(),
-            systemd,
-            ending,
-            ended_tx,
-        ));
+        // Subscribed before the processes start, followed once they all exist.
+        let events = group.subscribe();
         if let Err(e) = group.apply(members(&config)).await {
             group.shutdown().await;
             return exit::usage(&e.to_string());
         }
+        let (ended_tx, mut ended) = tokio::sync::oneshot::channel();
+        let follower = tokio::spawn(ending::follow(
+            group.clone(),
+            events,
+            systemd,
+            ending,
+            ended_tx,
+        ));
         tracing::info!(socket = %socket.display(), processes = config.processes.len(), "up");
         let handler: Arc<dyn Handler> = daemon.clone();
         let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -388,3 +388,110 @@ fn check_names_missing_files_unknown_accounts_and_near_misses() {
         }
     }
 }
+
+#[test]
+fn run_reaches_the_other_process_keys_by_their_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    // exit_codes.success: 3 is a clean exit, so on-failure does not restart.
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--success-exit-codes",
+            "0,3",
+            "--restart",
+            "on-failure",
+        ])
+        .args(["sh", "-c", "echo started; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\n");
+
+    // env_file under --env.
+    std::fs::write(dir.path().join("app.env"), "A=from-file\nB=from-file\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--env-file")
+        .arg(dir.path().join("app.env"))
+        .args([
+            "--env",
+            "B=from-flag",
+            "--restart",
+            "never",
+            "sh",
+            "-c",
+            "echo $A $B",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "from-file from-flag\n"
+    );
+
+    for (args, needle) in [
+        (&["--user", "nosuchuser-pc"][..], "no such user"),
+        (&["--env-file", "/nonexistent/app.env"][..], "--env-file"),
+        (&["--readiness-tcp", "nonsense"][..], "--readiness-*"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn run_readiness_flags_drive_readyz() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("ready");
+    let port = support::free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--http",
+            &port.to_string(),
+            "--readiness-period",
+            "50ms",
+        ])
+        .arg("--readiness-exec")
+        .arg(format!("test -e {}", flag.display()))
+        .args(["sleep", "1000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let readyz = || {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        std::io::Write::write_all(&mut s, b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut s, &mut answer).ok()?;
+        Some(answer)
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(answer) = readyz() {
+            if answer.contains("readiness probe") {
+                assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "never not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&flag, "").unwrap();
+    loop {
+        if readyz().is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sigterm(&child);
+    wait_exit(&mut child);
+}

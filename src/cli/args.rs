@@ -193,6 +193,9 @@ pub struct RunArgs {
     pub limits: LimitArgs,
 
     #[command(flatten)]
+    pub keys: KeyArgs,
+
+    #[command(flatten)]
     pub http: HttpArg,
 
     /// Write one JSON line per state transition to this file (`-` for stdout).
@@ -275,6 +278,109 @@ pub struct PolicyArgs {
     /// group is killed.
     #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s", help_heading = "Stop")]
     pub stop_grace: Duration,
+}
+
+/// The other process keys of the config file, each by the flag named after it.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Exit codes that count as a clean exit [exit_codes.success] (comma-separated).
+    #[arg(
+        long,
+        value_name = "CODES",
+        value_delimiter = ',',
+        help_heading = "Restart"
+    )]
+    pub success_exit_codes: Vec<i32>,
+    /// Exit codes after which the program is never restarted [exit_codes.prevent_restart].
+    #[arg(
+        long,
+        value_name = "CODES",
+        value_delimiter = ',',
+        help_heading = "Restart"
+    )]
+    pub prevent_restart_exit_codes: Vec<i32>,
+    /// Exit codes after which the program is always restarted [exit_codes.force_restart].
+    #[arg(
+        long,
+        value_name = "CODES",
+        value_delimiter = ',',
+        help_heading = "Restart"
+    )]
+    pub force_restart_exit_codes: Vec<i32>,
+    /// Readiness: HTTP GET must answer 200-399 [readiness.http].
+    #[arg(
+        long,
+        value_name = "URL",
+        help_heading = "Readiness",
+        group = "readiness"
+    )]
+    pub readiness_http: Option<String>,
+    /// Readiness: a TCP connection must be accepted [readiness.tcp].
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        help_heading = "Readiness",
+        group = "readiness"
+    )]
+    pub readiness_tcp: Option<String>,
+    /// Readiness: a shell command must exit 0 [readiness.exec].
+    #[arg(
+        long,
+        value_name = "CMD",
+        help_heading = "Readiness",
+        group = "readiness"
+    )]
+    pub readiness_exec: Option<String>,
+    /// Time between readiness checks [readiness.period].
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s", help_heading = "Readiness")]
+    pub readiness_period: Duration,
+    /// Startup: HTTP GET must answer 200-399 before the other probes start [startup.http].
+    #[arg(long, value_name = "URL", help_heading = "Startup", group = "startup")]
+    pub startup_http: Option<String>,
+    /// Startup: a TCP connection must be accepted [startup.tcp].
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        help_heading = "Startup",
+        group = "startup"
+    )]
+    pub startup_tcp: Option<String>,
+    /// Startup: a shell command must exit 0 [startup.exec].
+    #[arg(long, value_name = "CMD", help_heading = "Startup", group = "startup")]
+    pub startup_exec: Option<String>,
+    /// Time between startup checks [startup.period].
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "10s", help_heading = "Startup")]
+    pub startup_period: Duration,
+    /// Failed startup checks in a row that restart the program [startup.failure_threshold].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), default_value = "3", help_heading = "Startup")]
+    pub startup_failures: u32,
+    /// Serve the program a NOTIFY_SOCKET: READY=1 makes it ready [notify = true].
+    #[arg(long, help_heading = "Readiness")]
+    pub notify: bool,
+    /// With --notify: the longest the program may go without WATCHDOG=1 [notify.watchdog].
+    #[arg(long, value_name = "DURATION", value_parser = duration, help_heading = "Readiness")]
+    pub watchdog: Option<Duration>,
+    /// Open file descriptors of the whole tree [limits.fds.max].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    pub max_fds: Option<u64>,
+    /// Processes in the tree [limits.processes.max].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    pub max_processes: Option<u64>,
+    /// Threads in the tree [limits.threads.max].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Limits")]
+    pub max_threads: Option<u64>,
+    /// Run each instance in its own cgroup with this hard memory limit [cgroup.memory_max].
+    #[arg(long, value_name = "SIZE", value_parser = size, help_heading = "Limits")]
+    pub cgroup_memory_max: Option<u64>,
+    /// Run as this user, a name or a uid (the supervisor must be root) [user].
+    #[arg(long, value_name = "USER", help_heading = "Environment")]
+    pub user: Option<String>,
+    /// Run as this group [group].
+    #[arg(long, value_name = "GROUP", help_heading = "Environment")]
+    pub group: Option<String>,
+    /// Read variables from this file (KEY=VALUE lines; repeatable; --env wins) [env_file].
+    #[arg(long, value_name = "PATH", help_heading = "Environment")]
+    pub env_file: Vec<PathBuf>,
 }
 
 /// The liveness check.

@@ -5,10 +5,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use processcontrol::adapters::config;
 use processcontrol::adapters::http;
+use processcontrol::adapters::process::Identity;
 use processcontrol::{
     BackoffPolicy, BreakerPolicy, Cooldown, Echo, ExitStatus, Host, HostConfig, LimitRule,
-    ProbeSpec, ProcessSpec, Resource, Signal, StateName, Status, What,
+    NotifySpec, ProbeSpec, ProcessSpec, Resource, Signal, StateName, Status, What,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -173,8 +175,92 @@ fn build(args: &RunArgs) -> Result<ProcessSpec, String> {
             return Err(format!("invalid value for '{flag}': {e}"));
         }
     }
+    let k = &args.keys;
+    let codes = &mut spec.policy.exit_codes;
+    if !k.success_exit_codes.is_empty() {
+        codes.success = k.success_exit_codes.clone();
+    }
+    codes.prevent_restart = k.prevent_restart_exit_codes.clone();
+    codes.force_restart = k.force_restart_exit_codes.clone();
+    for (role, http, tcp, exec) in [
+        (
+            "readiness",
+            &k.readiness_http,
+            &k.readiness_tcp,
+            &k.readiness_exec,
+        ),
+        ("startup", &k.startup_http, &k.startup_tcp, &k.startup_exec),
+    ] {
+        let probe = match (http, tcp, exec) {
+            (Some(url), _, _) => ProbeSpec::http(url),
+            (_, Some(addr), _) => ProbeSpec::tcp(addr),
+            (_, _, Some(cmd)) => ProbeSpec::exec(["/bin/sh", "-c", cmd]),
+            _ => continue,
+        };
+        spec = if role == "readiness" {
+            spec.readiness(probe.period(k.readiness_period))
+        } else {
+            spec.startup(
+                probe
+                    .period(k.startup_period)
+                    .failure_threshold(k.startup_failures),
+            )
+        };
+        if let Err(e) = spec.validate() {
+            return Err(format!("invalid value for '--{role}-*': {e}"));
+        }
+    }
+    if k.notify || k.watchdog.is_some() {
+        spec = spec.notify(NotifySpec {
+            watchdog: k.watchdog,
+        });
+    }
+    if let Some(max) = k.cgroup_memory_max {
+        spec = spec.memory_max(max);
+    }
+    let identity = |s: &str| match s.parse::<u32>() {
+        Ok(id) => Identity::Id(id),
+        Err(_) => Identity::Name(s.to_string()),
+    };
+    let mut env = Vec::new();
+    if let Some(user) = &k.user {
+        let user = identity(user);
+        env = config::passwd_env(&user)
+            .map_err(|e| format!("invalid value for '--user <USER>': {e}"))?;
+        if let (Identity::Name(name), true) = (&user, env.is_empty()) {
+            return Err(format!(
+                "invalid value '{name}' for '--user <USER>': no such user on this system"
+            ));
+        }
+        spec.command.user = Some(user);
+    }
+    if let Some(group) = &k.group {
+        spec.command.group = Some(identity(group));
+    }
+    for file in &k.env_file {
+        let bad = |why: String| {
+            format!(
+                "invalid value '{}' for '--env-file <PATH>': {why}",
+                file.display()
+            )
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| bad(e.to_string()))?;
+        let vars = config::env_file::parse(&text)
+            .map_err(|(line, why)| bad(format!("line {line}: {why}")))?;
+        env.extend(vars);
+    }
+    // The account's and the files' variables under --env.
+    for (key, value) in env.into_iter().rev() {
+        spec.command.env.insert(0, (key.into(), value.into()));
+    }
     let l = &args.limits;
-    for (resource, max) in [(Resource::Memory, l.max_memory), (Resource::Cpu, l.max_cpu)] {
+    for (resource, max) in [
+        (Resource::Memory, l.max_memory),
+        (Resource::Cpu, l.max_cpu),
+        (Resource::Fds, k.max_fds),
+        (Resource::Processes, k.max_processes),
+        (Resource::Threads, k.max_threads),
+    ] {
         if let Some(max) = max {
             spec = spec.limit(LimitRule {
                 resource,

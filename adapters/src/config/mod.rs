@@ -8,7 +8,7 @@
 //! (`restart`, `backoff.initial`, `breaker.max_restarts`, `stop.signal`, ...) and values are
 //! read with the same parsers, so the two never disagree. `docs/config.md` lists every key.
 
-mod env_file;
+pub mod env_file;
 mod error;
 mod graph;
 mod probe;
@@ -25,6 +25,7 @@ use toml::de::DeTable;
 use crate::supervise::ProcessSpec;
 
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
+pub use process::passwd_env;
 pub use value::suggest;
 
 use error::Report;

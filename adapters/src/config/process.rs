@@ -427,26 +427,35 @@ fn identity(r: &mut Report<'_>, t: &Table<'_, '_>, key: &str) -> Option<Identity
 }
 
 /// HOME, USER, LOGNAME and SHELL of the account a process runs as, as login(1) and systemd's
-/// `User=` set them: without them it would get the supervisor's (root's) HOME.
+/// `User=` set them: without them it would get the supervisor's (root's) HOME. None for an
+/// id without a passwd entry.
+pub fn passwd_env(user: &Identity) -> Result<Vec<(String, String)>, nix::Error> {
+    let found = match user {
+        Identity::Name(name) => nix::unistd::User::from_name(name),
+        Identity::Id(id) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*id)),
+    }?;
+    Ok(found
+        .map(|u| {
+            vec![
+                ("HOME".into(), u.dir.to_string_lossy().into_owned()),
+                ("USER".into(), u.name.clone()),
+                ("LOGNAME".into(), u.name),
+                ("SHELL".into(), u.shell.to_string_lossy().into_owned()),
+            ]
+        })
+        .unwrap_or_default())
+}
+
 fn account_env(
     r: &mut Report<'_>,
     t: &Table<'_, '_>,
     user: Option<&Identity>,
 ) -> Vec<(String, String)> {
-    let found = match user {
-        None => return Vec::new(),
-        Some(Identity::Name(name)) => nix::unistd::User::from_name(name),
-        Some(Identity::Id(id)) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*id)),
+    let Some(user) = user else {
+        return Vec::new();
     };
-    match found {
-        Ok(Some(u)) => vec![
-            ("HOME".into(), u.dir.to_string_lossy().into_owned()),
-            ("USER".into(), u.name.clone()),
-            ("LOGNAME".into(), u.name),
-            ("SHELL".into(), u.shell.to_string_lossy().into_owned()),
-        ],
-        // An id without an entry: nothing to take.
-        Ok(None) => Vec::new(),
+    match passwd_env(user) {
+        Ok(vars) => vars,
         Err(e) => {
             if let Some(v) = t.get("user") {
                 value::invalid(

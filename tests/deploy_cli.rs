@@ -429,7 +429,28 @@ fn run_reaches_the_other_process_keys_by_their_flags() {
         "from-file from-flag\n"
     );
 
+    // logs.file: the output also goes to DIR/NAME.log.
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--log-dir")
+        .arg(dir.path())
+        .args([
+            "--name",
+            "app",
+            "--restart",
+            "never",
+            "sh",
+            "-c",
+            "echo to-file",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-file\n");
+    let logged = std::fs::read_to_string(dir.path().join("app.log")).unwrap();
+    assert!(logged.contains("to-file"), "{logged}");
+
     for (args, needle) in [
+        (&["--log-dir", "/nonexistent-dir"][..], "not a directory"),
         (&["--user", "nosuchuser-pc"][..], "no such user"),
         (&["--env-file", "/nonexistent/app.env"][..], "--env-file"),
         (&["--readiness-tcp", "nonsense"][..], "--readiness-*"),

@@ -378,6 +378,10 @@ pub struct KeyArgs {
     /// Run as this group [group].
     #[arg(long, value_name = "GROUP", help_heading = "Environment")]
     pub group: Option<String>,
+    /// Also append the output to DIR/NAME.log, rotated by size [logs.file = true with
+    /// supervisor.log_dir].
+    #[arg(long, value_name = "DIR", help_heading = "Environment")]
+    pub log_dir: Option<PathBuf>,
     /// Read variables from this file (KEY=VALUE lines; repeatable; --env wins) [env_file].
     #[arg(long, value_name = "PATH", help_heading = "Environment")]
     pub env_file: Vec<PathBuf>,

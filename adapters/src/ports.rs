@@ -23,6 +23,9 @@ pub struct Reporter {
 pub(crate) enum Mail {
     /// A fact or a command for the machine.
     Fact(Input),
+    /// A fact with its explanation for people (how a probe failed), kept by the runtime for
+    /// the events and status that the fact leads to.
+    Explained(Input, Box<str>),
     /// Stop for good, then end the task.
     Shutdown,
 }
@@ -35,6 +38,11 @@ impl Reporter {
     /// Reports a fact. A machine that is gone no longer listens; that is not an error.
     pub fn fact(&self, input: Input) {
         let _ = self.tx.send(Mail::Fact(input));
+    }
+
+    /// Reports a fact with a short explanation for people, such as how a probe failed.
+    pub fn explained(&self, input: Input, detail: impl Into<Box<str>>) {
+        let _ = self.tx.send(Mail::Explained(input, detail.into()));
     }
 }
 

@@ -70,6 +70,25 @@ pub enum FailureReason {
     Dns,
     /// Any other I/O or protocol error (reset, malformed response, unreachable network).
     Io,
+    /// An exec check exited with this code (not 0).
+    ExitCode(i32),
+    /// An exec check was ended by this signal.
+    ExitSignal(i32),
+}
+
+impl From<FailureReason> for processcontrol_core::ProbeFailure {
+    fn from(r: FailureReason) -> Self {
+        use processcontrol_core::ProbeFailure as P;
+        match r {
+            FailureReason::Refused => P::Refused,
+            FailureReason::Timeout => P::Timeout,
+            FailureReason::Status(s) => P::HttpStatus(s),
+            FailureReason::Dns => P::Dns,
+            FailureReason::Io => P::Io,
+            FailureReason::ExitCode(c) => P::ExitCode(c),
+            FailureReason::ExitSignal(s) => P::ExitSignal(s),
+        }
+    }
 }
 
 /// Something a [`ProbeSchedule`] can run. Implemented by [`HttpProbe`], [`TcpProbe`] and

@@ -26,6 +26,11 @@ impl Verdict {
         self.healthy
     }
 
+    /// Failures in a row.
+    pub(crate) fn fails(&self) -> u32 {
+        self.fails
+    }
+
     /// Records a result; says which verdict it reached, if any.
     pub(crate) fn record(&mut self, t: &Thresholds, result: ProbeResult) -> Option<Reached> {
         match result {
@@ -37,7 +42,7 @@ impl Verdict {
                     Reached::Pass
                 })
             }
-            ProbeResult::Fail => {
+            ProbeResult::Fail(_) => {
                 self.passes = 0;
                 self.fails = self.fails.saturating_add(1);
                 (self.fails == t.failure_threshold).then(|| {

@@ -211,8 +211,63 @@ impl ProbeRole {
 pub enum ProbeResult {
     /// Healthy.
     Pass,
-    /// Unhealthy, timed out or unreachable.
-    Fail,
+    /// Unhealthy, timed out or unreachable, and how: the machine counts failures alike, but
+    /// hands the reason on in its notifications so people learn why.
+    Fail(ProbeFailure),
+}
+
+/// How a probe failed, small enough to copy; the adapter keeps the full message for people
+/// (the URL, the last line an exec check printed...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProbeFailure {
+    /// No answer within the probe's timeout.
+    Timeout,
+    /// The connection was refused: nothing listens on the port.
+    Refused,
+    /// The HTTP server answered with this status (outside 200-399).
+    HttpStatus(u16),
+    /// The check command exited with this code.
+    ExitCode(i32),
+    /// The check command was ended by this signal.
+    ExitSignal(i32),
+    /// The host name did not resolve.
+    Dns,
+    /// The program missed its watchdog deadline (sd_notify `WATCHDOG=1`).
+    Watchdog,
+    /// Another I/O or protocol error (a reset, a malformed answer, a check that could not start).
+    Io,
+}
+
+impl ProbeFailure {
+    /// The snake_case name used in events and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeFailure::Timeout => "timeout",
+            ProbeFailure::Refused => "refused",
+            ProbeFailure::HttpStatus(_) => "http_status",
+            ProbeFailure::ExitCode(_) => "exit_code",
+            ProbeFailure::ExitSignal(_) => "exit_signal",
+            ProbeFailure::Dns => "dns",
+            ProbeFailure::Watchdog => "watchdog",
+            ProbeFailure::Io => "io",
+        }
+    }
+}
+
+impl fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeFailure::Timeout => f.write_str("timed out"),
+            ProbeFailure::Refused => f.write_str("connection refused"),
+            ProbeFailure::HttpStatus(s) => write!(f, "HTTP {s}"),
+            ProbeFailure::ExitCode(c) => write!(f, "exited with {c}"),
+            ProbeFailure::ExitSignal(s) => write!(f, "killed by signal {s}"),
+            ProbeFailure::Dns => f.write_str("name not resolved"),
+            ProbeFailure::Watchdog => f.write_str("watchdog missed"),
+            ProbeFailure::Io => f.write_str("I/O error"),
+        }
+    }
 }
 
 /// Resource use of an instance's whole process tree at one sample.

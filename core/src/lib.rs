@@ -82,7 +82,8 @@ pub mod units;
 
 pub use gate::{Condition, Gate, GateState, Observed};
 pub use input::{
-    ExitStatus, Input, Instance, Pid, ProbeResult, ProbeRole, RestartCause, SpawnError, Usage,
+    ExitStatus, Input, Instance, Pid, ProbeFailure, ProbeResult, ProbeRole, RestartCause,
+    SpawnError, Usage,
 };
 pub use machine::{Machine, KILL_RETRY};
 pub use output::{

@@ -591,7 +591,7 @@ impl Machine {
             ExitStatus::Code(c) => Some(c),
             ExitStatus::Signal(_) | ExitStatus::OomKilled => None,
         };
-        let success = code.is_some_and(|c| rules.success.contains(&c));
+        let success = rules.is_success(status);
         let restart = if code.is_some_and(|c| rules.prevent_restart.contains(&c)) {
             false
         } else if code.is_some_and(|c| rules.force_restart.contains(&c)) {
@@ -643,6 +643,17 @@ impl Machine {
         let was_healthy = verdict.healthy();
         let reached = verdict.record(&t, result);
         let instance = live.instance;
+        if let ProbeResult::Fail(failure) = result {
+            if verdict.fails() <= t.failure_threshold {
+                s.notify(Notification::ProbeFailed {
+                    instance,
+                    role,
+                    failure,
+                    consecutive: verdict.fails(),
+                    threshold: t.failure_threshold,
+                });
+            }
+        }
         match (role, reached) {
             (ProbeRole::Startup, Some(Reached::Pass)) => {
                 live.started = true;
@@ -893,7 +904,9 @@ impl Machine {
         if live.started && h.readiness.is_some() {
             roles = roles.with(ProbeRole::Readiness);
         }
-        (roles, !self.policy.limits.rules.is_empty())
+        // Every live instance is sampled: status shows the usage of every process, and the
+        // limits, if any, are judged on the same samples.
+        (roles, true)
     }
 
     fn watch(&self, live: Live, s: &mut Step) {

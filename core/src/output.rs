@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::input::{ExitStatus, Instance, Pid, ProbeRole, RestartCause, SpawnError};
+use crate::input::{ExitStatus, Instance, Pid, ProbeFailure, ProbeRole, RestartCause, SpawnError};
 use crate::policy::{LimitAction, Resource};
 use crate::signal::Signal;
 use crate::time::Timestamp;
@@ -40,7 +40,8 @@ pub enum Effect {
         instance: Instance,
         /// The probes that should be running (only roles the policy configures).
         probes: Roles,
-        /// Whether resource sampling should run (only when the policy has limits).
+        /// Whether resource sampling should run (for every live instance: status shows every
+        /// process's usage; limits are judged on the same samples).
         sampling: bool,
     },
 }
@@ -220,6 +221,21 @@ pub enum Notification {
     BackoffScheduled {
         /// The delay.
         delay: Duration,
+    },
+    /// A probe failed, with the count of failures in a row that its verdict is made of.
+    /// Reported up to the failure that reaches the threshold; the failures after it repeat a
+    /// verdict already given.
+    ProbeFailed {
+        /// The instance probed.
+        instance: Instance,
+        /// Which probe.
+        role: ProbeRole,
+        /// How it failed.
+        failure: ProbeFailure,
+        /// Failures in a row, this one included.
+        consecutive: u32,
+        /// The probe's `failure_threshold`.
+        threshold: u32,
     },
 }
 

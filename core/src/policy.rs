@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::input::ExitStatus;
 use crate::signal::Signal;
 
 #[cfg(feature = "serde")]
@@ -79,6 +80,13 @@ pub struct ExitCodes {
     pub prevent_restart: Vec<i32>,
     /// Codes after which the process is always restarted, whatever the restart policy.
     pub force_restart: Vec<i32>,
+}
+
+impl ExitCodes {
+    /// Whether `status` counts as a clean exit: only an exit code can be one.
+    pub fn is_success(&self, status: ExitStatus) -> bool {
+        matches!(status, ExitStatus::Code(c) if self.success.contains(&c))
+    }
 }
 
 impl Default for ExitCodes {

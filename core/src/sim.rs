@@ -13,8 +13,8 @@ use std::time::Duration;
 use crate::{
     BackoffPolicy, BreakerPolicy, Cooldown, Effect, ExitCodes, ExitStatus, HealthPolicy,
     IgnoreReason, Input, Instance, LimitAction, LimitRule, LimitsPolicy, Machine, Notification,
-    Policy, ProbeResult, ProbeRole, Resource, RestartCause, RestartPolicy, Signal, SpawnError,
-    SpawnKind, StateName, StopPolicy, Thresholds, Timestamp, Usage,
+    Policy, ProbeFailure, ProbeResult, ProbeRole, Resource, RestartCause, RestartPolicy, Signal,
+    SpawnError, SpawnKind, StateName, StopPolicy, Thresholds, Timestamp, Usage,
 };
 
 /// One thing that happens in a simulation.
@@ -295,7 +295,7 @@ impl Sim {
             input,
             Input::Restart { .. }
                 | Input::Probe {
-                    result: ProbeResult::Fail,
+                    result: ProbeResult::Fail(ProbeFailure::Timeout),
                     ..
                 }
                 | Input::Sampled { .. }
@@ -492,7 +492,7 @@ fn stale_input(instance: Instance, kind: u8) -> Input {
         4 => Input::Probe {
             instance,
             role: ProbeRole::Liveness,
-            result: ProbeResult::Fail,
+            result: ProbeResult::Fail(ProbeFailure::Timeout),
         },
         _ => Input::Sampled {
             instance,
@@ -660,7 +660,7 @@ pub fn op(b: &mut Bytes<'_>) -> Op {
                 if x / 3 % 2 == 0 {
                     ProbeResult::Pass
                 } else {
-                    ProbeResult::Fail
+                    ProbeResult::Fail(ProbeFailure::Timeout)
                 },
             )
         }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use processcontrol_core::{
-    ExitStatus, Input, LimitAction, LimitRule, Machine, Policy, ProbeResult, ProbeRole, Resource,
-    Thresholds, Timestamp, Usage,
+    ExitStatus, Input, LimitAction, LimitRule, Machine, Policy, ProbeFailure, ProbeResult,
+    ProbeRole, Resource, Thresholds, Timestamp, Usage,
 };
 
 struct Counting;
@@ -71,7 +71,7 @@ fn handling_inputs_allocates_nothing() {
                 1 => Input::Probe {
                     instance,
                     role: ProbeRole::Readiness,
-                    result: ProbeResult::Fail,
+                    result: ProbeResult::Fail(ProbeFailure::Timeout),
                 },
                 2 => Input::Sampled {
                     instance,

@@ -66,7 +66,7 @@ proptest! {
             0 => Input::Spawned { instance, pid: 1 },
             1 => Input::Exited { instance, status: processcontrol_core::ExitStatus::Code(1) },
             2 => Input::Gone { instance },
-            3 => Input::Probe { instance, role: processcontrol_core::ProbeRole::Liveness, result: processcontrol_core::ProbeResult::Fail },
+            3 => Input::Probe { instance, role: processcontrol_core::ProbeRole::Liveness, result: processcontrol_core::ProbeResult::Fail(processcontrol_core::ProbeFailure::Timeout) },
             4 => Input::SpawnFailed { instance, error: processcontrol_core::SpawnError::Os(2) },
             _ => Input::Sampled { instance, usage: processcontrol_core::Usage { memory: u64::MAX, ..Default::default() } },
         };

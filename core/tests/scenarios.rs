@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use processcontrol_core::{
     BreakerStatus, Cause, Cooldown, DeadlineKind, Effect, ExitStatus, IgnoreReason, Input,
-    Instance, LimitAction, LimitRule, Machine, Notification, Outcome, Policy, ProbeResult,
-    ProbeRole, Resource, RestartCause, RestartPolicy, Signal, SpawnError, SpawnKind, StateName,
-    Thresholds, Timestamp, Usage,
+    Instance, LimitAction, LimitRule, Machine, Notification, Outcome, Policy, ProbeFailure,
+    ProbeResult, ProbeRole, Resource, RestartCause, RestartPolicy, Signal, SpawnError, SpawnKind,
+    StateName, Thresholds, Timestamp, Usage,
 };
 
 /// A machine on virtual time, with shorthands for the adapter's side of the conversation.
@@ -510,12 +510,24 @@ fn liveness_failures_restart_after_the_threshold() {
     let mut d = Drive::new(p);
     d.start();
     let instance = d.instance();
-    d.probe(ProbeRole::Liveness, ProbeResult::Fail);
+    d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     d.probe(ProbeRole::Liveness, ProbeResult::Pass); // a pass breaks the run
-    d.probe(ProbeRole::Liveness, ProbeResult::Fail);
-    d.probe(ProbeRole::Liveness, ProbeResult::Fail);
+    d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
+    d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     assert_eq!(d.m.state(), StateName::Running);
-    let out = d.probe(ProbeRole::Liveness, ProbeResult::Fail);
+    let out = d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     assert_eq!(out.transition().map(|t| t.2), Some(Cause::LivenessFailed));
     assert!(has(
         &out,
@@ -555,18 +567,21 @@ fn startup_probe_suspends_liveness_until_it_passes() {
         Effect::Watch {
             instance,
             probes: startup_only,
-            sampling: false
+            sampling: true
         }
     ));
     assert_eq!(d.m.state(), StateName::Starting);
-    let out = d.probe(ProbeRole::Liveness, ProbeResult::Fail);
+    let out = d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     assert_eq!(
         out.ignored(),
         Some(IgnoreReason::NotApplicable),
         "slow starter not killed"
     );
     for _ in 0..5 {
-        d.probe(ProbeRole::Startup, ProbeResult::Fail);
+        d.probe(ProbeRole::Startup, ProbeResult::Fail(ProbeFailure::Timeout));
     }
     let out = d.probe(ProbeRole::Startup, ProbeResult::Pass);
     assert_eq!(
@@ -583,10 +598,13 @@ fn startup_probe_suspends_liveness_until_it_passes() {
         Effect::Watch {
             instance,
             probes: live,
-            sampling: false
+            sampling: true
         }
     ));
-    let out = d.probe(ProbeRole::Liveness, ProbeResult::Fail);
+    let out = d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     assert_eq!(out.transition().map(|t| t.2), Some(Cause::LivenessFailed));
 }
 
@@ -600,8 +618,8 @@ fn startup_probe_failing_its_threshold_restarts() {
     let mut d = Drive::new(p);
     d.input(Input::Start);
     d.spawned();
-    d.probe(ProbeRole::Startup, ProbeResult::Fail);
-    let out = d.probe(ProbeRole::Startup, ProbeResult::Fail);
+    d.probe(ProbeRole::Startup, ProbeResult::Fail(ProbeFailure::Timeout));
+    let out = d.probe(ProbeRole::Startup, ProbeResult::Fail(ProbeFailure::Timeout));
     assert_eq!(
         out.transition(),
         Some((
@@ -630,8 +648,14 @@ fn readiness_sets_the_ready_flag_only() {
         .notifications
         .iter()
         .any(|n| matches!(n, Notification::ReadyChanged { ready: true, .. })));
-    d.probe(ProbeRole::Readiness, ProbeResult::Fail);
-    let out = d.probe(ProbeRole::Readiness, ProbeResult::Fail);
+    d.probe(
+        ProbeRole::Readiness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
+    let out = d.probe(
+        ProbeRole::Readiness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     assert!(!d.m.ready());
     assert!(out
         .notifications
@@ -758,7 +782,10 @@ fn concurrent_liveness_failure_and_memory_violation_restart_once() {
     let mut d = Drive::new(p);
     d.start();
     let instance = d.instance();
-    let first = d.probe(ProbeRole::Liveness, ProbeResult::Fail);
+    let first = d.probe(
+        ProbeRole::Liveness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
     let second = d.input(Input::Sampled {
         instance,
         usage: mem(1000),
@@ -808,7 +835,7 @@ fn stale_and_duplicate_facts_change_nothing() {
         Input::Probe {
             instance: old,
             role: ProbeRole::Liveness,
-            result: ProbeResult::Fail,
+            result: ProbeResult::Fail(ProbeFailure::Timeout),
         },
         Input::Spawned {
             instance: Instance(99),

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use processcontrol_core::{
-    Cooldown, Effect, ExitStatus, Input, Instance, Machine, Notification, Policy, ProbeResult,
-    ProbeRole, RestartCause, SpawnError, Thresholds, Timestamp,
+    Cooldown, Effect, ExitStatus, Input, Instance, Machine, Notification, Policy, ProbeFailure,
+    ProbeResult, ProbeRole, RestartCause, SpawnError, Thresholds, Timestamp,
 };
 
 const BEGIN: &str = "<!-- transition-table:begin -->";
@@ -187,7 +187,7 @@ fn apply(d: &mut Driver, label: &str) -> processcontrol_core::Outcome {
         "liveness fail" => d.feed(Input::Probe {
             instance,
             role: ProbeRole::Liveness,
-            result: ProbeResult::Fail,
+            result: ProbeResult::Fail(ProbeFailure::Timeout),
         }),
         "tick at deadline" => d.tick(),
         "forward SIGHUP" => d.feed(Input::Forward {

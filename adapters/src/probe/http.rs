@@ -314,7 +314,8 @@ impl HttpProbe {
                 let outcome = ProbeOutcome::failed(
                     FailureReason::Status(status.as_u16()),
                     format!(
-                        "HTTP {} {}",
+                        "GET {} -> {} {}",
+                        self.template.path_and_query,
                         status.as_u16(),
                         status.canonical_reason().unwrap_or("")
                     )

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use processcontrol_core::{Cause, Effect, Input, Machine, Notification, Timestamp, Usage};
 use tokio::sync::watch;
 
-use super::event::Event;
+use super::event::{role_index, Context, Event, What};
 use super::status::{breaker_name, Status, Tallies};
 use crate::ports::{Mail, Ports, Reporter};
 
@@ -22,8 +22,12 @@ pub(crate) struct Driver {
     pub(crate) status: watch::Sender<Status>,
     /// Facts produced while executing effects (spawn results), fed before new mail.
     pub(crate) queue: VecDeque<Input>,
-    /// The message of the last spawn failure, for its event and for status.
-    pub(crate) last_error: Option<String>,
+    /// The message of the last spawn failure, for the events of the step that reports it.
+    pub(crate) spawn_error: Option<String>,
+    /// The last failure of the process, for people (status `last_error`), and when.
+    pub(crate) last_error: Option<(String, SystemTime)>,
+    /// The last failure message of each probe role, for the events and status it leads to.
+    pub(crate) probe_details: [Option<Box<str>>; 3],
     /// The last sample of the current instance, for status.
     pub(crate) usage: Option<Usage>,
     /// A shutdown was asked: the task ends once the process is at rest.
@@ -55,6 +59,12 @@ impl Driver {
                 tokio::select! {
                     mail = self.mail.recv_async() => match mail.ok() {
                         Some(Mail::Fact(input)) => self.admit(input),
+                        Some(Mail::Explained(input, detail)) => {
+                            if let Input::Probe { role, .. } = input {
+                                self.probe_details[role_index(role)] = Some(detail);
+                            }
+                            input
+                        }
                         // The handle sends this when dropped too, so a process is never left
                         // running by a handle that went away.
                         Some(Mail::Shutdown) => {
@@ -102,12 +112,26 @@ impl Driver {
             self.execute(*effect).await;
         }
         self.tally(&outcome.notifications);
-        let pid = self.machine.pid();
-        for n in &outcome.notifications {
-            let event = Event::from_notification(&self.name, n, self.last_error.as_deref(), pid);
+        let notifications: Vec<Notification> = outcome.notifications.iter().copied().collect();
+        let cx = Context {
+            machine: &self.machine,
+            outcome: &notifications,
+            spawn_error: self.spawn_error.as_deref(),
+            probe_details: &self.probe_details,
+            pid: self.machine.pid(),
+        };
+        let mut failure = None;
+        for n in &notifications {
+            let event = Event::from_notification(&self.name, n, &cx);
             tracing::debug!(process = %self.name, event = %event.to_json_line(), "event");
+            if let Some(reason) = failure_of(&event) {
+                failure = Some(reason);
+            }
             // No subscriber is fine.
             let _ = self.ports.events.send(Arc::new(event));
+        }
+        if let Some(reason) = failure {
+            self.last_error = Some((reason, SystemTime::now()));
         }
         self.publish_status(now);
     }
@@ -122,11 +146,10 @@ impl Driver {
                 self.usage = None;
                 match p.processes.spawn(instance, self.reporter.clone()).await {
                     Ok(pid) => {
-                        self.last_error = None;
                         self.queue.push_back(Input::Spawned { instance, pid });
                     }
                     Err(failure) => {
-                        self.last_error = Some(failure.message);
+                        self.spawn_error = Some(failure.message);
                         self.queue.push_back(Input::SpawnFailed {
                             instance,
                             error: failure.error,
@@ -210,9 +233,46 @@ impl Driver {
             ready: m.ready(),
             has_readiness: m.policy().health.readiness.is_some(),
             exit: m.last_exit(),
-            last_error: self.last_error.clone(),
+            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_time: self
+                .last_error
+                .as_ref()
+                .map(|(_, t)| humantime::format_rfc3339_millis(*t).to_string()),
             rss: usage.map(|u| u.memory),
             cpu: usage.and_then(|u| u.cpu),
         });
+    }
+}
+
+/// The failure an event reports, as status shows it in `last_error`: an unexpected exit, a
+/// probe verdict, a limit, a spawn failure.
+fn failure_of(event: &Event) -> Option<String> {
+    match &event.what {
+        What::Transition {
+            expected: Some(true),
+            ..
+        } => None,
+        // The breaker has its own column; the failure that opened it stays the last error.
+        What::Transition {
+            to: processcontrol_core::StateName::BreakerOpen,
+            ..
+        } => None,
+        What::Transition {
+            reason: Some(reason),
+            ..
+        } => Some(reason.clone()),
+        What::ProbeFailed {
+            probe,
+            consecutive,
+            threshold,
+            reason,
+            ..
+        } if consecutive == threshold => Some(format!(
+            "{probe} failed {consecutive}/{threshold}: {reason}"
+        )),
+        What::LimitExceeded { reason, .. } | What::SpawnFailed { reason, .. } => {
+            Some(reason.clone())
+        }
+        _ => None,
     }
 }

@@ -29,13 +29,16 @@ pub struct Status {
     pub breaker: &'static str,
     /// Whether the readiness probe passed (false without one).
     pub ready: bool,
-    /// Whether the process has a readiness probe: only then is `ready` expected.
-    #[serde(skip)]
+    /// Whether the process has a readiness condition (a probe, or sd_notify `READY=1`): only
+    /// then is `ready` expected; without one the table shows `-`.
     pub has_readiness: bool,
     /// How the last instance's main process ended, if one did.
     pub exit: Option<ExitStatus>,
-    /// The last spawn error, for people.
+    /// The last failure, for people: an unexpected exit, a probe's verdict with what it saw,
+    /// a limit with its figures, a spawn error, a breaker that opened.
     pub last_error: Option<String>,
+    /// When that failure happened (RFC 3339).
+    pub last_error_time: Option<String>,
     /// Resident memory of the whole tree at the last sample, in bytes.
     pub rss: Option<u64>,
     /// CPU of the whole tree at the last sample, in percent of one core.
@@ -57,6 +60,7 @@ impl Status {
             has_readiness: false,
             exit: None,
             last_error: None,
+            last_error_time: None,
             rss: None,
             cpu: None,
         }

@@ -271,7 +271,7 @@ async fn watch_effect_reaches_the_watchers_with_the_pid() {
             i.0 == 1
                 && *pid == Some(4242)
                 && probes.contains(processcontrol_core::ProbeRole::Liveness)
-                && !sampling
+                && *sampling
         })
         .times(1)
         .returning(|_, _, _, _, _| ());

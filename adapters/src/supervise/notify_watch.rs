@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use processcontrol_core::{Input, Instance, ProbeResult, ProbeRole};
+use processcontrol_core::{Input, Instance, ProbeFailure, ProbeResult, ProbeRole};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -71,7 +71,7 @@ impl NotifyWatch {
                         }
                     }
                     () = &mut deadline, if watchdog.is_some() => {
-                        report.fact(probe(ProbeRole::Liveness, ProbeResult::Fail));
+                        report.fact(probe(ProbeRole::Liveness, ProbeResult::Fail(ProbeFailure::Watchdog)));
                         deadline.as_mut().reset(tokio::time::Instant::now() + period);
                     }
                 }

@@ -102,26 +102,41 @@ enum Runnable {
 
 impl Check for Runnable {
     async fn check(&self) -> ProbeOutcome {
+        use crate::probe::FailureReason;
+        use process::ExecProbeOutcome;
         match self {
             Runnable::Network(p) => p.check().await,
             Runnable::Exec {
                 launcher,
                 command,
                 timeout,
-            } => {
-                if run_exec_probe(launcher, command.clone(), *timeout)
-                    .await
-                    .is_pass()
-                {
-                    ProbeOutcome::Passed
-                } else {
-                    // The reason is only for people; the core counts pass or fail.
-                    ProbeOutcome::Failed(crate::probe::ProbeFailure {
-                        reason: crate::probe::FailureReason::Io,
-                        message: "exec probe failed".into(),
-                    })
+            } => match run_exec_probe(launcher, command.clone(), *timeout).await {
+                ExecProbeOutcome::Passed => ProbeOutcome::Passed,
+                ExecProbeOutcome::Failed { exit } => match exit.code() {
+                    Some(code) => ProbeOutcome::failed(
+                        FailureReason::ExitCode(code),
+                        format!("exited with {code}"),
+                    ),
+                    None => {
+                        let signal = exit.signal().unwrap_or(0);
+                        ProbeOutcome::failed(
+                            FailureReason::ExitSignal(signal),
+                            format!("killed by signal {signal}"),
+                        )
+                    }
+                },
+                ExecProbeOutcome::TimedOut => ProbeOutcome::failed(
+                    FailureReason::Timeout,
+                    format!("no exit within {}", crate::human::duration(*timeout)),
+                ),
+                ExecProbeOutcome::SpawnFailed { error } => ProbeOutcome::failed(
+                    FailureReason::Io,
+                    format!("cannot start the check: {error}"),
+                ),
+                ExecProbeOutcome::Lost { error } => {
+                    ProbeOutcome::failed(FailureReason::Io, format!("check lost: {error}"))
                 }
-            }
+            },
         }
     }
 
@@ -232,16 +247,21 @@ impl Watchers for OsWatchers {
             let task = tokio::spawn(async move {
                 let forward = async {
                     while let Some(r) = rx.recv().await {
-                        let result = if r.outcome.is_passed() {
-                            ProbeResult::Pass
-                        } else {
-                            ProbeResult::Fail
-                        };
-                        report.fact(Input::Probe {
-                            instance,
-                            role,
-                            result,
-                        });
+                        match r.outcome {
+                            ProbeOutcome::Passed => report.fact(Input::Probe {
+                                instance,
+                                role,
+                                result: ProbeResult::Pass,
+                            }),
+                            ProbeOutcome::Failed(failure) => report.explained(
+                                Input::Probe {
+                                    instance,
+                                    role,
+                                    result: ProbeResult::Fail(failure.reason.into()),
+                                },
+                                failure.message,
+                            ),
+                        }
                     }
                 };
                 tokio::join!(schedule.run(0, tx), forward);

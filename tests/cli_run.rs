@@ -27,17 +27,29 @@ impl Run {
             .arg("-")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the binary starts");
-        let stdout = child.stdout.take().unwrap();
         let (tx, events) = mpsc::channel();
+        // Stdout carries only events; the program's output (and the narration) is on stderr
+        // and arrives as JSON strings.
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let events_tx = tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                // The program's own output shares stdout: it arrives as a JSON string.
-                let v = serde_json::from_str::<Value>(&line).unwrap_or(Value::String(line));
-                if tx.send(v).is_err() {
+                let v = serde_json::from_str::<Value>(&line)
+                    .unwrap_or_else(|e| panic!("not an event on stdout: {line}: {e}"));
+                if events_tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Value::String(line)).is_err() {
                     break;
                 }
             }
@@ -63,6 +75,15 @@ impl Run {
                 }
                 Err(_) => panic!("no event {what} in time; seen: {:#?}", self.seen),
             }
+        }
+    }
+
+    /// The first item matching `f`, seen already or to come: the program's output (on stderr)
+    /// and the events (on stdout) are not ordered with each other.
+    fn find_or_wait(&mut self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        match self.seen.iter().find(|v| f(v)) {
+            Some(v) => v.clone(),
+            None => self.wait_event(what, f),
         }
     }
 
@@ -182,9 +203,9 @@ fn sigterm_stops_gracefully_then_kills_after_grace() {
         "-c",
         "trap '' TERM; echo ready; sleep 1000 & wait",
     ]);
-    let running = run.wait_event("running", |v| transition(v, "running"));
-    let pid = running["pid"].as_u64().unwrap();
     run.wait_event("the trap set", |v| v == "ready");
+    let running = run.find_or_wait("running", |v| transition(v, "running"));
+    let pid = running["pid"].as_u64().unwrap();
     let asked = Instant::now();
     run.signal(libc::SIGTERM);
     run.wait_event("shutting down", |v| transition(v, "shutting_down"));

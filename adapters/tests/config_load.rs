@@ -92,7 +92,8 @@ fn full_example_loads() {
     assert_eq!(
         readiness.check,
         CheckSpec::Tcp {
-            addr: "127.0.0.1:5432".into()
+            addr: "127.0.0.1:5432".into(),
+            reset: false,
         }
     );
     assert_eq!(readiness.period, Duration::from_secs(2));

@@ -70,9 +70,18 @@ fn requests_are_tagged_by_cmd_with_defaults() {
         ),
         (
             r#"{"cmd":"events","follow":true}"#,
-            Request::Events { follow: true },
+            Request::Events {
+                follow: true,
+                lines: None,
+            },
         ),
-        (r#"{"cmd":"events"}"#, Request::Events { follow: false }),
+        (
+            r#"{"cmd":"events"}"#,
+            Request::Events {
+                follow: false,
+                lines: None,
+            },
+        ),
         (r#"{"cmd":"reload"}"#, Request::Reload),
         (r#"{"cmd":"shutdown"}"#, Request::Shutdown),
     ];
@@ -120,14 +129,22 @@ fn bad_requests_are_refused() {
 
 #[test]
 fn follows_says_which_requests_stream() {
-    assert!(Request::Events { follow: true }.follows());
+    assert!(Request::Events {
+        follow: true,
+        lines: None
+    }
+    .follows());
     assert!(Request::Logs {
         name: "a".into(),
         follow: true,
         lines: None
     }
     .follows());
-    assert!(!Request::Events { follow: false }.follows());
+    assert!(!Request::Events {
+        follow: false,
+        lines: None
+    }
+    .follows());
     assert!(!Request::Status { name: None }.follows());
 }
 

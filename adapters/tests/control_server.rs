@@ -264,7 +264,10 @@ fn every_plain_request() -> Vec<Request> {
             follow: false,
             lines: None,
         },
-        Request::Events { follow: false },
+        Request::Events {
+            follow: false,
+            lines: None,
+        },
         Request::Reload,
         Request::Shutdown,
     ]
@@ -304,7 +307,10 @@ async fn every_request_kind_round_trips() {
             follow: true,
             lines: Some(5),
         },
-        Request::Events { follow: true },
+        Request::Events {
+            follow: true,
+            lines: None,
+        },
     ];
     for req in follows {
         let Streamed::Stream(mut stream) = request_stream(&server.path, &req).await.unwrap() else {
@@ -408,7 +414,10 @@ async fn a_finite_stream_ends_for_the_client() {
 #[tokio::test]
 async fn dropping_a_follow_ends_the_handlers_stream() {
     let mut server = Running::default().await;
-    let req = Request::Events { follow: true };
+    let req = Request::Events {
+        follow: true,
+        lines: None,
+    };
     let Streamed::Stream(mut stream) = request_stream(&server.path, &req).await.unwrap() else {
         panic!("no stream");
     };
@@ -447,7 +456,10 @@ async fn the_socket_is_private_and_removed_on_shutdown() {
 #[tokio::test]
 async fn a_shutdown_request_is_answered_then_the_server_stops() {
     let mut server = Running::default().await;
-    let req = Request::Events { follow: true };
+    let req = Request::Events {
+        follow: true,
+        lines: None,
+    };
     let Streamed::Stream(mut stream) = request_stream(&server.path, &req).await.unwrap() else {
         panic!("no stream");
     };
@@ -766,8 +778,14 @@ async fn no_daemon_is_said_plainly() {
             path.display()
         )
     );
-    let err = request_stream(&path, &Request::Events { follow: true })
-        .await
-        .unwrap_err();
+    let err = request_stream(
+        &path,
+        &Request::Events {
+            follow: true,
+            lines: None,
+        },
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ClientError::NoDaemon { .. }), "{err:?}");
 }

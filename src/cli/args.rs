@@ -12,9 +12,13 @@ use processcontrol::{Cooldown, LimitAction, RestartPolicy, Signal};
 #[derive(Debug, Parser)]
 #[command(name = "processcontrol", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// Format of the supervisor's own log lines (on stderr).
+    /// Format of the supervisor's own lines on stderr: its narration of every decision and
+    /// its log (`json`: the narrated events as JSON lines).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// No narration of decisions on stderr (warnings and errors still show).
+    #[arg(short = 'q', long, global = true)]
+    pub quiet: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -86,9 +90,12 @@ pub enum Command {
     },
     /// Print recent events as JSON lines (and new ones with -f).
     Events {
-        /// Keep printing new events.
+        /// Keep printing new events after the recent ones.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// How many recent events [default: every one the daemon keeps, up to 1000].
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<usize>,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -145,6 +152,9 @@ pub struct UpArgs {
     /// End once NAME is done, stopping the others, and exit with NAME's exit status.
     #[arg(long, value_name = "NAME", conflicts_with = "exit_on_end")]
     pub exit_code_from: Option<String>,
+    /// Start every line of the processes' output with its time.
+    #[arg(long)]
+    pub timestamps: bool,
 }
 
 /// `--http ADDR`.
@@ -198,7 +208,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub http: HttpArg,
 
-    /// Write one JSON line per state transition to this file (`-` for stdout).
+    /// Write one JSON line per state transition to this file (`-` for stdout: the program's
+    /// stdout then goes to stderr, so stdout carries only events).
     #[arg(long, value_name = "PATH|-")]
     pub events: Option<PathBuf>,
 

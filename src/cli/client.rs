@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use processcontrol::adapters::control::{self, Request};
+use processcontrol::adapters::human;
 use serde_json::Value;
 
 use super::exit;
@@ -47,7 +48,9 @@ pub fn call(socket: &Path, request: Request, json: bool) -> u8 {
                 }
                 Ok(Value::Array(items)) if is_stream_like => {
                     for item in items {
-                        print_item(&item);
+                        if !print_item(&item) {
+                            break;
+                        }
                     }
                     0
                 }
@@ -83,7 +86,9 @@ async fn follow(socket: &Path, request: &Request) -> u8 {
     };
     loop {
         match stream.next().await {
-            Ok(Some(item)) => print_item(&item),
+            // The reader left (`| head`): so do we.
+            Ok(Some(item)) if !print_item(&item) => return 0,
+            Ok(Some(_)) => {}
             Ok(None) => return 0,
             Err(e) => {
                 eprintln!("processcontrol: {e}");
@@ -93,22 +98,26 @@ async fn follow(socket: &Path, request: &Request) -> u8 {
     }
 }
 
-/// A log line as `time stream text`; an event as its JSON line.
-fn print_item(item: &Value) {
+/// A log line as `time stream text`; an event as its JSON line. `false` once stdout is
+/// closed.
+fn print_item(item: &Value) -> bool {
     let mut out = std::io::stdout().lock();
-    let _ = match (item.get("text"), item.get("stream")) {
+    match (item.get("text"), item.get("stream")) {
         (Some(Value::String(text)), Some(Value::String(stream))) => {
             let time = item.get("time").and_then(Value::as_str).unwrap_or("");
             writeln!(out, "{time} {stream} {text}")
         }
         _ => writeln!(out, "{item}"),
-    };
+    }
+    .and_then(|()| out.flush())
+    .is_ok()
 }
 
 fn print_status_table(value: &Value) {
     let rows = value.as_array().cloned().unwrap_or_default();
     let headers = [
-        "NAME", "STATE", "PID", "INSTANCE", "UPTIME", "RESTARTS", "BREAKER", "READY", "RSS", "CPU",
+        "NAME", "STATE", "PID", "INSTANCE", "UPTIME", "EXIT", "RESTARTS", "BREAKER", "READY",
+        "RSS", "CPU",
     ];
     let mut table: Vec<Vec<String>> = vec![headers.iter().map(|h| h.to_string()).collect()];
     let mut notes = Vec::new();
@@ -123,7 +132,11 @@ fn print_status_table(value: &Value) {
             notes.push(format!("{name}: {blocked}"));
         }
         if let Some(error) = row["last_error"].as_str() {
-            notes.push(format!("{name}: last error: {error}"));
+            let when = row["last_error_time"]
+                .as_str()
+                .and_then(human::clock_of)
+                .map_or_else(String::new, |t| format!(" at {t}"));
+            notes.push(format!("{name}: last error{when}: {error}"));
         }
         table.push(vec![
             name,
@@ -131,12 +144,13 @@ fn print_status_table(value: &Value) {
             text("pid"),
             text("instance"),
             row["uptime"].as_u64().map_or("-".into(), human_duration),
+            exit_text(&row["exit"]),
             text("restarts"),
             text("breaker"),
-            if row["ready"].as_bool() == Some(true) {
-                "yes".into()
-            } else {
-                "no".into()
+            match (row["has_readiness"].as_bool(), row["ready"].as_bool()) {
+                (Some(false), _) => "-".into(),
+                (_, Some(true)) => "yes".into(),
+                _ => "no".into(),
             },
             row["rss"].as_u64().map_or("-".into(), human_bytes),
             row["cpu"].as_u64().map_or("-".into(), |c| format!("{c}%")),
@@ -159,6 +173,23 @@ fn print_status_table(value: &Value) {
     }
 }
 
+/// The last exit in a table cell: `0`, `1`, `SIGKILL`, `oom`, or `-` before any.
+fn exit_text(exit: &Value) -> String {
+    if let Some(code) = exit["code"].as_i64() {
+        return code.to_string();
+    }
+    if let Some(signal) = exit["signal"].as_i64() {
+        return i32::try_from(signal)
+            .ok()
+            .and_then(human::signal_name)
+            .map_or_else(|| format!("signal {signal}"), str::to_string);
+    }
+    match exit.as_str() {
+        Some("oom_killed") => "oom".into(),
+        _ => "-".into(),
+    }
+}
+
 fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -169,10 +200,5 @@ fn human_duration(secs: u64) -> String {
 }
 
 fn human_bytes(b: u64) -> String {
-    match b {
-        b if b < 1 << 10 => format!("{b}B"),
-        b if b < 1 << 20 => format!("{:.1}KiB", b as f64 / 1024.0),
-        b if b < 1 << 30 => format!("{:.1}MiB", b as f64 / (1 << 20) as f64),
-        b => format!("{:.1}GiB", b as f64 / (1 << 30) as f64),
-    }
+    human::bytes(b)
 }

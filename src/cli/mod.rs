@@ -8,7 +8,10 @@ mod run;
 mod systemd;
 mod up;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
+use processcontrol::adapters::narrate;
 
 pub use args::{Cli, Command, LogFormat};
 
@@ -65,18 +68,31 @@ pub fn main() -> u8 {
             return exit::usage(&line);
         }
     };
-    init_logging(cli.log_format);
+    let colour = narrate::colour_for(std::io::stderr().is_terminal());
+    init_logging(cli.log_format, colour);
+    let voice = narrate::Voice::new(match (cli.quiet, cli.log_format) {
+        (true, _) => narrate::Form::Quiet,
+        (false, LogFormat::Json) => narrate::Form::Json,
+        (false, LogFormat::Human) => narrate::Form::Human { colour },
+    });
     use processcontrol::adapters::control::{default_socket_path, Request};
     let socket = |s: args::SocketArg| s.socket.unwrap_or_else(default_socket_path);
     match cli.command {
-        Command::Run(args) => run::run(*args),
+        Command::Run(args) => run::run(*args, voice),
         Command::Up(args) => {
             let end = match (args.exit_code_from, args.exit_on_end) {
                 (Some(name), _) => Some(ending::EndWhen::Process(name)),
                 (None, true) => Some(ending::EndWhen::All),
                 (None, false) => None,
             };
-            up::up(args.config.file, args.socket.socket, args.http.addr, end)
+            up::up(
+                args.config.file,
+                args.socket.socket,
+                args.http.addr,
+                end,
+                args.timestamps,
+                voice,
+            )
         }
         Command::Check(config) => match up::load(&config.file) {
             Ok(config) => {
@@ -135,9 +151,11 @@ pub fn main() -> u8 {
             },
             false,
         ),
-        Command::Events { follow, socket: s } => {
-            client::call(&socket(s), Request::Events { follow }, false)
-        }
+        Command::Events {
+            follow,
+            lines,
+            socket: s,
+        } => client::call(&socket(s), Request::Events { follow, lines }, false),
         Command::Reload(s) => client::call(&socket(s), Request::Reload, false),
         Command::Shutdown(s) => client::call(&socket(s), Request::Shutdown, false),
         Command::Completions { shell } => {
@@ -160,11 +178,13 @@ pub fn main() -> u8 {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// The supervisor's own log on stderr: ANSI colours only where narration gets them too.
+fn init_logging(format: LogFormat, colour: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PROCESSCONTROL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

@@ -3,10 +3,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use processcontrol::adapters::config;
 use processcontrol::adapters::http;
+use processcontrol::adapters::narrate::{Narrator, Voice};
 use processcontrol::adapters::process::Identity;
 use processcontrol::{
     BackoffPolicy, BreakerPolicy, Cooldown, Echo, ExitStatus, Host, HostConfig, LimitRule,
@@ -19,8 +20,8 @@ use super::exit;
 use super::systemd::Systemd;
 
 /// Runs the program until it finishes for good, the supervisor gives up, or a signal stops it.
-pub fn run(args: RunArgs) -> u8 {
-    let spec = match &args.config {
+pub fn run(args: RunArgs, voice: Voice) -> u8 {
+    let mut spec = match &args.config {
         Some(file) => match from_config(file, &args.argv) {
             Ok(spec) => spec,
             Err(code) => return code,
@@ -30,6 +31,8 @@ pub fn run(args: RunArgs) -> u8 {
             Err(message) => return exit::usage(&message),
         },
     };
+    // `--events -` owns stdout: the program's stdout goes to stderr, so the two never mix.
+    spec.logs.echo_format.stdout_to_stderr = args.events.as_deref() == Some(Path::new("-"));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -46,6 +49,7 @@ pub fn run(args: RunArgs) -> u8 {
         args.http.addr,
         systemd,
         gives_up,
+        voice,
     ))
 }
 
@@ -312,6 +316,7 @@ async fn supervise(
     http_addr: Option<std::net::SocketAddr>,
     mut systemd: Option<Systemd>,
     gives_up: bool,
+    voice: Voice,
 ) -> u8 {
     let host = match Host::new(HostConfig::default()) {
         Ok(host) => host,
@@ -351,18 +356,29 @@ async fn supervise(
     };
     let mut forwarded = Forwarded::install();
     let mut stopping = false;
+    let mut narrator = Narrator::new();
+    // Narrates the event and writes it to `--events`; `false` once that reader is gone.
+    let publish = |event: processcontrol::Event,
+                   narrator: &mut Narrator,
+                   events_out: &mut Option<EventsOut>|
+     -> bool {
+        let event = std::sync::Arc::new(event);
+        voice.tell(&narrator.event(&event, Instant::now()));
+        match events_out.as_mut() {
+            Some(out) if written(&event.what) => out.write(&event.to_json_line()),
+            _ => true,
+        }
+    };
     loop {
+        let due = narrator.next_due();
         tokio::select! {
             event = events.recv() => match event {
                 Ok(event) => {
-                    if let What::LimitExceeded { resource, observed, max, action } = &event.what {
-                        tracing::warn!(resource, observed, max, action, "limit exceeded");
-                    }
-                    if written(&event.what) {
-                        if let Some(out) = events_out.as_mut() {
-                            // A broken events pipe must not stop the supervision.
-                            let _ = writeln!(out, "{}", event.to_json_line()).and_then(|()| out.flush());
-                        }
+                    if !publish(event, &mut narrator, &mut events_out) && !stopping {
+                        // The reader of `--events -` is gone (`| head -3`): stop, as a filter
+                        // whose reader left does.
+                        events_out = None;
+                        stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref());
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -370,6 +386,7 @@ async fn supervise(
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
+            () = sleep_until(due) => voice.tell(&narrator.due(Instant::now())),
             _ = term.recv() => stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref()),
             _ = int.recv() => stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref()),
             Some(sig) = forwarded.recv() => {
@@ -384,17 +401,11 @@ async fn supervise(
                     systemd.update(&http::Source::statuses(&status));
                 }
                 if let Some(code) = finished(&now, gives_up) {
-                    // Drain the events already published, so the file is complete.
+                    // Tell and write the events already published, so both are complete.
                     while let Ok(event) = events.try_recv() {
-                        if written(&event.what) {
-                            if let Some(out) = events_out.as_mut() {
-                                let _ = writeln!(out, "{}", event.to_json_line());
-                            }
-                        }
+                        publish(event, &mut narrator, &mut events_out);
                     }
-                    if let Some(out) = events_out.as_mut() {
-                        let _ = out.flush();
-                    }
+                    voice.tell(&narrator.flush());
                     if let Some(systemd) = &systemd {
                         systemd.stopping();
                     }
@@ -404,7 +415,33 @@ async fn supervise(
             }
         }
     }
+    voice.tell(&narrator.flush());
     exit::GAVE_UP
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where `--events` goes.
+struct EventsOut {
+    out: Box<dyn Write + Send>,
+}
+
+impl EventsOut {
+    /// Writes one line; `false` once the reader is gone.
+    fn write(&mut self, line: &str) -> bool {
+        match writeln!(self.out, "{line}").and_then(|()| self.out.flush()) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
+            // Other errors (a full disk) must not stop the supervision.
+            Err(_) => true,
+        }
+    }
 }
 
 /// `--events` gets every transition and every notable event (readiness, limits, spawn
@@ -446,15 +483,16 @@ fn finished(status: &Status, gives_up: bool) -> Option<u8> {
     }
 }
 
-fn open_events(path: Option<&Path>) -> Result<Option<Box<dyn Write + Send>>, String> {
+fn open_events(path: Option<&Path>) -> Result<Option<EventsOut>, String> {
+    let out = |out: Box<dyn Write + Send>| Some(EventsOut { out });
     match path {
         None => Ok(None),
-        Some(p) if p == Path::new("-") => Ok(Some(Box::new(std::io::stdout()))),
+        Some(p) if p == Path::new("-") => Ok(out(Box::new(std::io::stdout()))),
         Some(p) => std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(p)
-            .map(|f| Some(Box::new(f) as Box<dyn Write + Send>))
+            .map(|f| out(Box::new(f)))
             .map_err(|e| {
                 format!(
                     "invalid value '{}' for '--events <PATH|->': {e}",

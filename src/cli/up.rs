@@ -1,6 +1,7 @@
 //! `processcontrol up`: a foreground daemon supervising the processes of a TOML file, with a
 //! control socket, reload on SIGHUP, and optional Prometheus metrics.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -8,6 +9,8 @@ use async_trait::async_trait;
 use processcontrol::adapters::config::{self, Config};
 use processcontrol::adapters::control::{self, Handler, Reply, Request};
 use processcontrol::adapters::http;
+use processcontrol::adapters::logs::EchoFormat;
+use processcontrol::adapters::narrate::{self, Voice};
 use processcontrol::adapters::supervise::{Echo, Group, Host, HostConfig, Member};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
@@ -33,14 +36,24 @@ pub fn load(path: &Path) -> Result<Config, u8> {
 }
 
 /// The group's members as the configuration describes them; in the foreground every line of
-/// output is prefixed with its process's name.
-fn members(config: &Config) -> Vec<Member> {
+/// output is prefixed with its process's name, padded to the longest, and marked by stream.
+fn members(config: &Config, echo: &EchoFormat) -> Vec<Member> {
+    let width = config
+        .processes
+        .iter()
+        .map(|p| p.spec.name.chars().count())
+        .max()
+        .unwrap_or(0);
     config
         .processes
         .iter()
         .map(|entry| {
             let mut spec = entry.spec.clone();
             spec.logs.echo = Echo::Prefixed;
+            spec.logs.echo_format = EchoFormat {
+                width,
+                ..echo.clone()
+            };
             // Each process its own jitter, stable across reloads of the same name.
             spec.policy.seed = entry.fingerprint;
             Member {
@@ -58,7 +71,14 @@ pub fn up(
     socket: Option<PathBuf>,
     http_addr: Option<std::net::SocketAddr>,
     end: Option<EndWhen>,
+    timestamps: bool,
+    voice: Voice,
 ) -> u8 {
+    let echo = EchoFormat {
+        colour: narrate::colour_for(std::io::stdout().is_terminal()),
+        timestamps,
+        ..EchoFormat::default()
+    };
     let config = match load(&config_path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -108,11 +128,16 @@ pub fn up(
             Ok(host) => host,
             Err(e) => return exit::usage(&e.to_string()),
         };
+        let (narrated, narration_end) = tokio::sync::oneshot::channel::<()>();
+        let narration = tokio::spawn(narrate::narrate(host.subscribe_all(), voice, async {
+            let _ = narration_end.await;
+        }));
         let group = Group::new(host.clone());
         let daemon = Arc::new(Daemon {
             group: group.clone(),
             host,
             config_path: config_path.clone(),
+            echo: echo.clone(),
             shutdown: Notify::new(),
         });
         // Bound before anything starts: a second daemon on the same socket fails early.
@@ -136,7 +161,7 @@ pub fn up(
         }
         // Subscribed before the processes start, followed once they all exist.
         let events = group.subscribe();
-        if let Err(e) = group.apply(members(&config)).await {
+        if let Err(e) = group.apply(members(&config, &echo)).await {
             group.shutdown().await;
             return exit::usage(&e.to_string());
         }
@@ -184,6 +209,9 @@ pub fn up(
             endpoint.stopping();
         }
         group.shutdown().await;
+        // The narration tells the shutdown's last events before the daemon exits.
+        let _ = narrated.send(());
+        let _ = narration.await;
         // The control socket answers status until every process is down.
         let _ = stop_serving.send(());
         let _ = serving.await;
@@ -197,6 +225,7 @@ struct Daemon {
     group: Arc<Group>,
     host: Arc<Host>,
     config_path: PathBuf,
+    echo: EchoFormat,
     shutdown: Notify,
 }
 
@@ -205,7 +234,7 @@ impl Daemon {
         let config = config::load(&self.config_path).map_err(|e| e.to_string())?;
         let report = self
             .group
-            .apply(members(&config))
+            .apply(members(&config, &self.echo))
             .await
             .map_err(|e| e.to_string())?;
         serde_json::to_value(report).map_err(|e| e.to_string())
@@ -292,13 +321,23 @@ impl Handler for Daemon {
                 });
                 Reply::Stream(rx)
             }
-            Request::Events { follow } => {
-                let (history, mut live) = self.group.follow();
+            Request::Events { follow, lines } => {
+                let (mut history, mut live) = self.group.follow();
+                if let Some(n) = lines {
+                    history.drain(..history.len().saturating_sub(n));
+                }
                 if !follow {
                     return done(serde_json::to_value(history).map_err(|e| e.to_string()));
                 }
                 let (tx, rx) = mpsc::channel(256);
                 tokio::spawn(async move {
+                    // The recent events first, then the new ones: `follow` took both at once,
+                    // so none is missed or doubled.
+                    for event in history {
+                        if tx.send(json!(event)).await.is_err() {
+                            return;
+                        }
+                    }
                     loop {
                         let value = match live.recv().await {
                             Ok(event) => json!(event),

@@ -13,12 +13,13 @@ use super::program::{find_program, resolve};
 use super::value::{self, list, quote, Key, Table, Value};
 
 const KINDS: [&str; 3] = ["http", "tcp", "exec"];
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "http",
     "tcp",
     "exec",
     "host",
     "reuse_connection",
+    "tcp_reset",
     "initial_delay",
     "period",
     "timeout",
@@ -106,30 +107,37 @@ pub(crate) fn probe(
 
     let host = t.entry("host");
     let reuse = t.entry("reuse_connection");
+    let reset = t.entry("tcp_reset");
     let first = kinds.first().map(|(k, v)| (k.get_ref().as_ref(), *v));
-    if let Some((kind, _)) = first.filter(|(kind, _)| *kind != "http") {
-        for (key, what) in [
-            (host, "sends a Host header"),
-            (reuse, "has a connection to reuse"),
-        ] {
-            let Some((k, _)) = key else { continue };
-            let name: &str = k.get_ref().as_ref();
-            r.error(
-                &k.span(),
-                ErrorKind::Conflict,
-                format!("{}: only an http check {what}", t.path_of(name)),
-                format!("`{name}` only together with `http`"),
-                format!("`{name}` with `{kind}`"),
-            );
-        }
+    for (only, key, what) in [
+        ("http", host, "an http check sends a Host header"),
+        ("http", reuse, "an http check has a connection to reuse"),
+        ("tcp", reset, "a tcp check closes with a reset"),
+    ] {
+        let Some((kind, _)) = first.filter(|(kind, _)| *kind != only) else {
+            continue;
+        };
+        let Some((k, _)) = key else { continue };
+        let name: &str = k.get_ref().as_ref();
+        r.error(
+            &k.span(),
+            ErrorKind::Conflict,
+            format!("{}: only {what}", t.path_of(name)),
+            format!("`{name}` only together with `{only}`"),
+            format!("`{name}` with `{kind}`"),
+        );
     }
+    let tcp_reset = match reset {
+        Some((_, v)) => value::boolean(r, &t.path_of("tcp_reset"), v).unwrap_or(false),
+        None => false,
+    };
     let reuse_connection = match reuse {
         Some((_, v)) => value::boolean(r, &t.path_of("reuse_connection"), v).unwrap_or(true),
         None => true,
     };
     let check = match first {
         Some(("http", v)) => http(r, &t, v, host.map(|(_, hv)| hv), reuse_connection),
-        Some(("tcp", v)) => tcp(r, &t.path_of("tcp"), v),
+        Some(("tcp", v)) => tcp(r, &t.path_of("tcp"), v, tcp_reset),
         Some((_, v)) => exec(r, &t.path_of("exec"), v, cwd),
         None => None,
     };
@@ -189,12 +197,13 @@ fn http(
     }
 }
 
-fn tcp(r: &mut Report<'_>, path: &str, v: &Value<'_>) -> Option<CheckSpec> {
+fn tcp(r: &mut Report<'_>, path: &str, v: &Value<'_>, reset: bool) -> Option<CheckSpec> {
     const EXPECTED: &str = "host:port with a port from 1 to 65535, such as \"127.0.0.1:5432\"";
     let addr = value::nonempty_string(r, path, v, EXPECTED)?;
     match TcpProbe::new(addr, ANY_TIMEOUT) {
         Ok(_) => Some(CheckSpec::Tcp {
             addr: addr.to_string(),
+            reset,
         }),
         Err(e) => {
             value::invalid(r, path, v, &target_problem(&e), EXPECTED);

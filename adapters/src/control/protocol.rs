@@ -71,6 +71,9 @@ pub enum Request {
         /// Keep sending new events until the client leaves.
         #[serde(default)]
         follow: bool,
+        /// How many recent events come first (all the daemon keeps if absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<usize>,
     },
     /// Re-reads the configuration.
     Reload,
@@ -84,7 +87,7 @@ impl Request {
     pub fn follows(&self) -> bool {
         matches!(
             self,
-            Request::Logs { follow: true, .. } | Request::Events { follow: true }
+            Request::Logs { follow: true, .. } | Request::Events { follow: true, .. }
         )
     }
 

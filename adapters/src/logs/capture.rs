@@ -28,6 +28,53 @@ pub struct PrintLine {
     pub line: LogLine,
 }
 
+/// How echoed lines look: `run` prints them as they are; `up` tags them with their process's
+/// name, padded to the longest, coloured on a terminal, `|` after a stdout line's name and `!`
+/// after a stderr line's (`web    | GET /`, `worker ! warning`), and with the time on request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EchoFormat {
+    /// The name to tag lines with; none prints lines as they are.
+    pub name: Option<Arc<str>>,
+    /// Pad names to this width (the longest name of the group).
+    pub width: usize,
+    /// Colour the name (only on a terminal).
+    pub colour: bool,
+    /// Start each line with its time (`12:21:05.123`).
+    pub timestamps: bool,
+    /// Print stdout lines on stderr too, where stdout carries something else
+    /// (`run --events -`).
+    pub stdout_to_stderr: bool,
+}
+
+impl EchoFormat {
+    /// The text printed before a line: time, name and stream marker.
+    pub fn prefix(&self, line: &LogLine) -> String {
+        let mut out = String::new();
+        if self.timestamps {
+            let time = humantime::format_rfc3339_millis(line.time).to_string();
+            // `2026-12-03T12:21:05.123Z` -> `12:21:05.123`.
+            out.push_str(time.get(11..23).unwrap_or(&time));
+            out.push(' ');
+        }
+        if let Some(name) = &self.name {
+            let mark = match line.stream {
+                Stream::Stdout => '|',
+                Stream::Stderr => '!',
+            };
+            let padded = format!("{name:<width$} {mark}", width = self.width);
+            if self.colour {
+                out.push_str(crate::narrate::name_colour(name));
+                out.push_str(&padded);
+                out.push_str("\x1b[0m ");
+            } else {
+                out.push_str(&padded);
+                out.push(' ');
+            }
+        }
+        out
+    }
+}
+
 /// Forwards lines to a foreground printer over a bounded channel.
 ///
 /// A terminal can stall (a paused pager, Ctrl-S), and that must not stall the child: when
@@ -37,6 +84,7 @@ pub struct PrintLine {
 #[derive(Debug, Clone)]
 pub struct Printer {
     source: Arc<str>,
+    format: Option<Arc<EchoFormat>>,
     tx: mpsc::Sender<PrintLine>,
     pending_drops: Arc<AtomicU64>,
     total_drops: Arc<AtomicU64>,
@@ -47,35 +95,53 @@ impl Printer {
     pub fn new(source: impl Into<Arc<str>>, tx: mpsc::Sender<PrintLine>) -> Self {
         Self {
             source: source.into(),
+            format: None,
             tx,
             pending_drops: Arc::default(),
             total_drops: Arc::default(),
         }
     }
 
+    /// A printer whose lines look as `format` says (the `source` is then made per line).
+    pub fn formatted(format: EchoFormat, tx: mpsc::Sender<PrintLine>) -> Self {
+        let mut printer = Printer::new("", tx);
+        printer.format = Some(Arc::new(format));
+        printer
+    }
+
+    /// The line as the printer passes it on: tagged by its format, on the stream it says.
+    fn print_line(&self, line: LogLine) -> PrintLine {
+        let Some(format) = &self.format else {
+            return PrintLine {
+                source: self.source.clone(),
+                line,
+            };
+        };
+        let source = format.prefix(&line).into();
+        let mut line = line;
+        if format.stdout_to_stderr {
+            line.stream = Stream::Stderr;
+        }
+        PrintLine { source, line }
+    }
+
     /// Offers a line without waiting; `false` if it was dropped.
     pub fn send(&self, line: &LogLine) -> bool {
         let missed = self.pending_drops.swap(0, Ordering::AcqRel);
         if missed > 0 {
-            let marker = PrintLine {
-                source: self.source.clone(),
-                line: LogLine {
-                    time: line.time,
-                    stream: line.stream,
-                    instance: line.instance,
-                    text: format!("[processcontrol: {missed} lines dropped]"),
-                },
-            };
+            let marker = self.print_line(LogLine {
+                time: line.time,
+                stream: line.stream,
+                instance: line.instance,
+                text: format!("[processcontrol: {missed} lines dropped]"),
+            });
             if self.tx.try_send(marker).is_err() {
                 self.pending_drops.fetch_add(missed + 1, Ordering::AcqRel);
                 self.total_drops.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         }
-        let item = PrintLine {
-            source: self.source.clone(),
-            line: line.clone(),
-        };
+        let item = self.print_line(line.clone());
         if self.tx.try_send(item).is_err() {
             self.pending_drops.fetch_add(1, Ordering::AcqRel);
             self.total_drops.fetch_add(1, Ordering::Relaxed);

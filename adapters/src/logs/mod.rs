@@ -25,7 +25,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use capture::{Capture, CaptureReport, PrintLine, Printer};
+pub use capture::{Capture, CaptureReport, EchoFormat, PrintLine, Printer};
 pub use ring::{FollowEvent, Follower, LogRing, RingConfig, RingStats};
 pub use rotate::{spawn_file_writer, FileConfig, FileSink, FileWriter, WriterStatus};
 

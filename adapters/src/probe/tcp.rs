@@ -8,14 +8,17 @@ use super::{Check, FailureReason, ProbeConfigError, ProbeOutcome};
 
 /// A TCP connect health check, for services that speak no HTTP.
 ///
-/// After a successful connect the socket is closed with a zero linger (an RST instead of
-/// a FIN handshake): otherwise every check would leave a TIME_WAIT socket behind on the
-/// supervisor's side, which with hundreds of probes per second adds up. The service may
-/// see a "connection reset" on an accepted socket it never read from.
+/// After a successful connect the socket is closed normally (a FIN), so the service sees a
+/// client that connected and left: servers that log a reset as an error (Python's
+/// `http.server` prints a traceback per reset) stay quiet. Each check then leaves a
+/// TIME_WAIT socket on the supervisor's side for a minute; with [`TcpProbe::reset`] the socket
+/// is closed with a zero linger (an RST) instead, which leaves none, for hundreds of probes
+/// per second against services that do not mind.
 #[derive(Debug, Clone)]
 pub struct TcpProbe {
     target: Target,
     timeout: Duration,
+    reset: bool,
 }
 
 impl TcpProbe {
@@ -25,7 +28,17 @@ impl TcpProbe {
             return Err(ProbeConfigError::ZeroTimeout);
         }
         let target = parse_host_port(addr, None, addr)?;
-        Ok(TcpProbe { target, timeout })
+        Ok(TcpProbe {
+            target,
+            timeout,
+            reset: false,
+        })
+    }
+
+    /// Close each connection with a reset (`true`) instead of a FIN (`false`, the default).
+    pub fn reset(mut self, reset: bool) -> Self {
+        self.reset = reset;
+        self
     }
 
     /// The bound on one whole check (resolve and connect).
@@ -38,7 +51,9 @@ impl TcpProbe {
         let phase = AtomicU8::new(Phase::Resolving as u8);
         match tokio::time::timeout(self.timeout, self.target.connect(&phase)).await {
             Ok(Ok(stream)) => {
-                let _ = stream.set_zero_linger();
+                if self.reset {
+                    let _ = stream.set_zero_linger();
+                }
                 ProbeOutcome::Passed
             }
             Ok(Err(outcome)) => outcome,

@@ -420,7 +420,7 @@ async fn forward(
                                 *c.probe_failures.entry((process, probe)).or_default() += 1;
                             }
                         }
-                        What::Ready { ready: false } => {
+                        What::Ready { ready: false, .. } => {
                             *c.probe_failures.entry((process, "readiness")).or_default() += 1;
                         }
                         _ => {}

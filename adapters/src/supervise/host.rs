@@ -18,7 +18,8 @@ use super::spec::{Echo, ProcessSpec, SpecErrors};
 use super::watchers::{OsWatchers, Sampling};
 use crate::cgroup::{CgroupParent, Cgroups};
 use crate::logs::{
-    spawn_file_writer, FileConfig, LogError, LogRing, PrintLine, Printer, RingConfig, Stream,
+    spawn_file_writer, EchoFormat, FileConfig, LogError, LogRing, PrintLine, Printer, RingConfig,
+    Stream,
 };
 use crate::ports::{Ports, TokioClock};
 use crate::process::{Launcher, LauncherError};
@@ -220,8 +221,20 @@ impl Host {
             ring,
             printer: match spec.logs.echo {
                 Echo::Off => None,
-                Echo::Plain => Some(Printer::new("", self.printer.clone())),
-                Echo::Prefixed => Some(Printer::new(format!("{name} | "), self.printer.clone())),
+                Echo::Plain => Some(Printer::formatted(
+                    EchoFormat {
+                        name: None,
+                        ..spec.logs.echo_format.clone()
+                    },
+                    self.printer.clone(),
+                )),
+                Echo::Prefixed => Some(Printer::formatted(
+                    EchoFormat {
+                        name: Some(name.clone()),
+                        ..spec.logs.echo_format.clone()
+                    },
+                    self.printer.clone(),
+                )),
             },
             file,
             children: Arc::default(),

@@ -8,6 +8,7 @@ use processcontrol_core::{
     BackoffPolicy, BreakerPolicy, LimitRule, Policy, PolicyError, RestartPolicy, Signal, Thresholds,
 };
 
+use crate::logs::EchoFormat;
 use crate::probe::{HttpProbe, Probe, ProbeConfigError, TcpProbe};
 use crate::process::ProcessSpec as Command;
 
@@ -95,6 +96,9 @@ pub enum CheckSpec {
     Tcp {
         /// `host:port`.
         addr: String,
+        /// Close each connection with a reset instead of the normal FIN handshake (`false`, the
+        /// default). See [`TcpProbe::reset`](crate::probe::TcpProbe::reset).
+        reset: bool,
     },
     /// A command that exits 0 (run in its own process group, killed on timeout).
     Exec {
@@ -128,7 +132,10 @@ impl ProbeSpec {
 
     /// A TCP connect probe.
     pub fn tcp(addr: impl Into<String>) -> Self {
-        Self::new(CheckSpec::Tcp { addr: addr.into() })
+        Self::new(CheckSpec::Tcp {
+            addr: addr.into(),
+            reset: false,
+        })
     }
 
     /// A command probe.
@@ -215,6 +222,8 @@ pub struct LogSpec {
     pub file_keep: usize,
     /// Whether each line is also printed on the supervisor's own stdout or stderr.
     pub echo: Echo,
+    /// How echoed lines look (a `Prefixed` echo fills in the name).
+    pub echo_format: EchoFormat,
 }
 
 /// Printing a process's output in the foreground.
@@ -238,6 +247,7 @@ impl Default for LogSpec {
             file_max_bytes: 10 << 20,
             file_keep: 5,
             echo: Echo::Off,
+            echo_format: EchoFormat::default(),
         }
     }
 }
@@ -488,7 +498,9 @@ impl ProbeSpec {
                 HttpProbe::new(url, host.as_deref(), self.timeout)?
                     .reuse_connection(*reuse_connection),
             )),
-            CheckSpec::Tcp { addr } => Some(Probe::Tcp(TcpProbe::new(addr, self.timeout)?)),
+            CheckSpec::Tcp { addr, reset } => {
+                Some(Probe::Tcp(TcpProbe::new(addr, self.timeout)?.reset(*reset)))
+            }
             CheckSpec::Exec { .. } => {
                 if self.timeout.is_zero() {
                     return Err(ProbeConfigError::ZeroTimeout);

@@ -10,10 +10,9 @@ use crate::policy::BackoffPolicy;
 pub(crate) struct Backoff {
     /// Restarts after failures since the streak began.
     streak: u32,
-    /// The delay before jitter that the next restart would get after this one.
+    /// The un-jittered delay of the latest restart of the streak: `initial * factor^n`, capped
+    /// at `max`. It never decreases within a streak; the drawn delays need not follow it.
     base: Duration,
-    /// The last delay handed out: the next one is never shorter within a streak.
-    last: Duration,
     rng: SplitMix64,
 }
 
@@ -22,7 +21,6 @@ impl Backoff {
         Backoff {
             streak: 0,
             base: Duration::ZERO,
-            last: Duration::ZERO,
             rng: SplitMix64(seed),
         }
     }
@@ -32,29 +30,36 @@ impl Backoff {
         self.streak > 0
     }
 
-    /// The delay before the next restart after a failure. Never shorter than the previous one in
-    /// the same streak (jitter only takes off up to `jitter` of the growing base, and the result is
-    /// clamped up to the last delay), never longer than `max`.
+    /// The delay before the next restart after a failure: the base grows by `factor` up to
+    /// `max`, and the delay is drawn uniformly in `(base * (1 - jitter), base]`. Once the base
+    /// is capped the draw stays in `(max * (1 - jitter), max]`, so processes that crash together
+    /// keep restarting apart however long their crash loops last.
     pub(crate) fn next_delay(&mut self, policy: &BackoffPolicy) -> Duration {
         self.base = if self.streak == 0 {
-            policy.initial
+            policy.initial.min(policy.max)
         } else {
-            self.base.mul_f64(policy.factor).min(policy.max)
+            scale(self.base, policy.factor).min(policy.max)
         };
         self.streak = self.streak.saturating_add(1);
         let draw = self.rng.next_unit();
-        let jittered = self.base.mul_f64(1.0 - policy.jitter * draw);
-        let delay = jittered.max(self.last).min(policy.max);
-        self.last = delay;
-        delay
+        // `1 - jitter * draw` is in (0, 1]: the delay cannot exceed the base.
+        scale(self.base, 1.0 - policy.jitter * draw)
     }
 
     /// Ends the streak: the next failure starts from `initial` again.
     pub(crate) fn reset(&mut self) {
         self.streak = 0;
         self.base = Duration::ZERO;
-        self.last = Duration::ZERO;
     }
+}
+
+/// `d * factor` to the nearest nanosecond, computed in nanoseconds so that integer factors
+/// of whole durations are exact (jitter 0 gives exactly `initial * factor^n`). The `as`
+/// conversion saturates, so no factor overflows (`Duration::mul_f64` panics on a product it
+/// cannot hold, such as a valid factor of 1e300 times a millisecond); the price is that no
+/// delay exceeds 2^64 ns, 584 years.
+fn scale(d: Duration, factor: f64) -> Duration {
+    Duration::from_nanos((d.as_nanos() as f64 * factor).round() as u64)
 }
 
 /// SplitMix64: tiny, fast, and good enough for jitter; the seed comes from the policy.

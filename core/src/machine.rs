@@ -470,7 +470,7 @@ impl Machine {
             }
             Phase::Live(l) => {
                 let l = *l;
-                self.unwatch(l, s);
+                self.leave(l, s);
                 s.effect(Effect::KillGroup {
                     instance: l.instance,
                 });
@@ -572,7 +572,7 @@ impl Machine {
                 let l = *l;
                 self.last_exit = Some(status);
                 let then = self.after_exit(status);
-                self.unwatch(l, s);
+                self.leave(l, s);
                 // Whatever comes next, leftovers of the group get the stop signal and the grace.
                 self.signal_and_drain(l, then, self.policy.stop.grace, true, s);
             }
@@ -757,15 +757,7 @@ impl Machine {
             }
             Phase::Live(l) => {
                 let l = *l;
-                if self.stable_deadline(l).is_some_and(|at| now >= at) {
-                    self.backoff.reset();
-                    if self.breaker.half_open {
-                        self.breaker.close(&self.policy.breaker);
-                        s.notify(Notification::BreakerClosed {
-                            instance: l.instance,
-                        });
-                    }
-                }
+                self.settle(l, s);
             }
             _ => {}
         }
@@ -850,7 +842,7 @@ impl Machine {
         let Phase::Live(l) = self.phase else {
             unreachable!("drain_live is only called in the live phase");
         };
-        self.unwatch(l, s);
+        self.leave(l, s);
         self.signal_and_drain(l, then, grace, false, s);
     }
 
@@ -920,6 +912,13 @@ impl Machine {
         }
     }
 
+    /// The instance stops being live (exit, stop, kill or restart): its run is judged, and its
+    /// probes and sampling end.
+    fn leave(&mut self, live: Live, s: &mut Step) {
+        self.settle(live, s);
+        self.unwatch(live, s);
+    }
+
     fn unwatch(&mut self, live: Live, s: &mut Step) {
         let (probes, sampling) = self.watch_set(live);
         if !probes.is_empty() || sampling {
@@ -936,6 +935,23 @@ impl Machine {
             });
         }
         self.probes = Probes::default();
+    }
+
+    /// Judges a live instance's run by its times: up for `reset_after` by now, it was stable,
+    /// which ends the crash streak and passes a half-open trial. Called at its deadline and
+    /// again when the instance stops being live, so the verdict does not depend on whether the
+    /// tick or the exit was handled first.
+    fn settle(&mut self, live: Live, s: &mut Step) {
+        if !self.stable_deadline(live).is_some_and(|at| self.now >= at) {
+            return;
+        }
+        self.backoff.reset();
+        if self.breaker.half_open {
+            self.breaker.close(&self.policy.breaker);
+            s.notify(Notification::BreakerClosed {
+                instance: live.instance,
+            });
+        }
     }
 
     /// A live instance that has a streak to end or a trial to pass is watched for stable uptime.

@@ -441,3 +441,34 @@ impl Outcome {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every one of the eight sets: `contains` and `iter` agree with what was added.
+    #[test]
+    fn roles_hold_exactly_what_was_added() {
+        let all = [
+            ProbeRole::Startup,
+            ProbeRole::Liveness,
+            ProbeRole::Readiness,
+        ];
+        for mask in 0u8..8 {
+            let members: Vec<ProbeRole> = (0..3)
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| all[i])
+                .collect();
+            let set = members.iter().fold(Roles::NONE, |set, &r| set.with(r));
+            for role in all {
+                assert_eq!(
+                    set.contains(role),
+                    members.contains(&role),
+                    "{mask}: {role:?}"
+                );
+            }
+            assert_eq!(set.iter().collect::<Vec<_>>(), members);
+            assert_eq!(set.is_empty(), members.is_empty());
+        }
+    }
+}

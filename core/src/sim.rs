@@ -94,8 +94,8 @@ pub struct Sim {
     next_pid: u32,
     /// Model: times of counted restart spawns since the last explicit start or reset.
     restarts: VecDeque<Timestamp>,
-    /// Model: the last backoff delay of the current crash streak.
-    last_delay: Option<Duration>,
+    /// Model: backoff delays handed out in the current crash streak.
+    streak: i32,
     /// Facts delivered so far (the last few), for late re-delivery.
     delivered: VecDeque<Input>,
     story: Vec<String>,
@@ -112,7 +112,7 @@ impl Sim {
             alive: Vec::new(),
             next_pid: 1000,
             restarts: VecDeque::new(),
-            last_delay: None,
+            streak: 0,
             delivered: VecDeque::new(),
             story: Vec::new(),
             record,
@@ -265,6 +265,7 @@ impl Sim {
     fn feed(&mut self, input: Input) -> Result<(), Violation> {
         let pre = self.machine.state();
         let pre_has_child = self.machine.instance().is_some();
+        let pre_up_since = self.machine.up_since();
         let out = self.machine.handle(self.now, input);
         self.log(input, &out);
         let policy = self.machine.policy().clone();
@@ -286,7 +287,7 @@ impl Sim {
         };
         if explicit {
             self.restarts.clear();
-            self.last_delay = None;
+            self.streak = 0;
         }
 
         // Invariant 2: a restart trigger while a restart, shutdown or kill is in progress is
@@ -368,25 +369,42 @@ impl Sim {
             }
         }
 
-        // Invariant 8: backoff delays never decrease within a streak and never exceed max.
-        for n in &out.notifications {
-            if let Notification::BackoffScheduled { delay } = *n {
-                if delay > policy.backoff.max {
-                    return self.fail(8, format!("delay {delay:?} above max"));
-                }
-                if self.last_delay.is_some_and(|last| delay < last) {
-                    return self.fail(
-                        8,
-                        format!("delay {delay:?} shorter than {:?}", self.last_delay),
-                    );
-                }
-                self.last_delay = Some(delay);
+        // A stable run ends the streak in the model too, judged by the times alone: an
+        // instance that was up for `reset_after` by now, whether it still is or just left.
+        if let Some(since) = self.machine.up_since().or(pre_up_since) {
+            if self.now.saturating_since(since) >= policy.backoff.reset_after {
+                self.streak = 0;
             }
         }
-        // A stable run ends the streak in the model too.
-        if let Some(since) = self.machine.up_since() {
-            if self.now.saturating_since(since) >= policy.backoff.reset_after {
-                self.last_delay = None;
+        // Invariant 8: the n-th delay of a streak is drawn from
+        // [base_n * (1 - jitter), base_n], base_n = min(initial * factor^n, max).
+        for n in &out.notifications {
+            if let Notification::BackoffScheduled { delay } = *n {
+                let b = &policy.backoff;
+                if delay > b.max {
+                    return self.fail(8, format!("delay {delay:?} above max {:?}", b.max));
+                }
+                let base = if b.initial.is_zero() {
+                    0.0
+                } else {
+                    (b.initial.as_secs_f64() * b.factor.powi(self.streak)).min(b.max.as_secs_f64())
+                };
+                // The machine multiplies step by step, rounding to nanoseconds each time (a
+                // relative error of at most 1e-6 per step for bases of 1 ms and more).
+                let steps = f64::from(self.streak) + 2.0;
+                let slack = 1e-9 * steps + base * 1e-6 * steps;
+                let got = delay.as_secs_f64();
+                if got > base + slack || got < base * (1.0 - b.jitter) - slack {
+                    return self.fail(
+                        8,
+                        format!(
+                            "delay {delay:?} outside [{:.9}s, {base:.9}s] (restart {} of the streak)",
+                            base * (1.0 - b.jitter),
+                            self.streak + 1
+                        ),
+                    );
+                }
+                self.streak = self.streak.saturating_add(1);
             }
         }
 
@@ -556,7 +574,12 @@ pub fn policy(b: &mut Bytes<'_>) -> Policy {
     let max = initial + b.ms(3000);
     let backoff = BackoffPolicy {
         initial,
-        factor: 1.0 + f64::from(b.u8()) / 64.0,
+        // The last byte value stands for a huge factor, valid and once a panic (1e300 * 1 ms
+        // does not fit a `Duration`).
+        factor: match b.u8() {
+            255 => 1e300,
+            f => 1.0 + f64::from(f) / 64.0,
+        },
         max,
         jitter: f64::from(b.u8()) / 255.0,
         reset_after: b.ms(5000),

@@ -192,6 +192,72 @@ mod tests {
         assert!(parse_size("-1").is_err());
     }
 
+    /// Every unit a duration may be written in, with its value: one of each, so a unit
+    /// that stops being read (or is read as another) is noticed.
+    #[test]
+    fn every_duration_unit() {
+        let ns = |n: u64| Ok(Duration::from_nanos(n));
+        for (text, want) in [
+            ("7ns", ns(7)),
+            ("7us", ns(7_000)),
+            ("7µs", ns(7_000)),
+            ("7ms", ns(7_000_000)),
+            ("7s", ns(7_000_000_000)),
+            ("7sec", ns(7_000_000_000)),
+            ("7secs", ns(7_000_000_000)),
+            ("7m", ns(420_000_000_000)),
+            ("7min", ns(420_000_000_000)),
+            ("7mins", ns(420_000_000_000)),
+            ("7h", ns(25_200_000_000_000)),
+            ("7hr", ns(25_200_000_000_000)),
+            ("7hrs", ns(25_200_000_000_000)),
+            ("7d", ns(604_800_000_000_000)),
+        ] {
+            assert_eq!(parse_duration(text), want, "{text}");
+        }
+    }
+
+    /// Every unit a size may be written in, in either case: decimal and binary multiples
+    /// differ, so each one is checked against its own value.
+    #[test]
+    fn every_size_unit() {
+        for (units, factor) in [
+            (&["", "b"][..], 1u64),
+            (&["k", "kb"], 1_000),
+            (&["kib"], 1 << 10),
+            (&["m", "mb"], 1_000_000),
+            (&["mib"], 1 << 20),
+            (&["g", "gb"], 1_000_000_000),
+            (&["gib"], 1 << 30),
+            (&["t", "tb"], 1_000_000_000_000),
+            (&["tib"], 1 << 40),
+        ] {
+            for unit in units {
+                for text in [format!("3{unit}"), format!("3{}", unit.to_uppercase())] {
+                    assert_eq!(parse_size(&text), Ok(3 * factor), "{text}");
+                }
+            }
+        }
+    }
+
+    /// The shortest exact spelling: whole seconds in `s`, whole milliseconds in `ms`, else
+    /// nanoseconds.
+    #[test]
+    fn formats_in_the_largest_exact_unit() {
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_millis(2001)), "2001ms");
+        assert_eq!(
+            format_duration(Duration::from_nanos(1_000_500)),
+            "1000500ns"
+        );
+        assert_eq!(
+            format_duration(Duration::from_nanos(2_000_000_001)),
+            "2000000001ns"
+        );
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+    }
+
     #[test]
     fn format_round_trips() {
         for d in [

@@ -942,15 +942,14 @@ impl Machine {
     /// again when the instance stops being live, so the verdict does not depend on whether the
     /// tick or the exit was handled first.
     fn settle(&mut self, live: Live, s: &mut Step) {
-        if !self.stable_deadline(live).is_some_and(|at| self.now >= at) {
-            return;
-        }
-        self.backoff.reset();
-        if self.breaker.half_open {
-            self.breaker.close(&self.policy.breaker);
-            s.notify(Notification::BreakerClosed {
-                instance: live.instance,
-            });
+        if self.stable_deadline(live).is_some_and(|at| self.now >= at) {
+            self.backoff.reset();
+            if self.breaker.half_open {
+                self.breaker.close(&self.policy.breaker);
+                s.notify(Notification::BreakerClosed {
+                    instance: live.instance,
+                });
+            }
         }
     }
 

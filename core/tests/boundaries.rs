@@ -292,6 +292,36 @@ proptest! {
         }
     }
 
+    /// A crash loop opens the breaker at the crash that finds the window full, not a backoff
+    /// later: no delay is scheduled and the crash streak does not grow.
+    #[test]
+    fn a_full_window_opens_at_the_crash(max_restarts in 1u32..8, jitter in 0.0f64..=1.0, seed in any::<u64>()) {
+        let mut policy = Policy::default();
+        policy.backoff.jitter = jitter;
+        policy.seed = seed;
+        policy.breaker = BreakerPolicy {
+            max_restarts,
+            window: Duration::from_secs(3600),
+            cooldown: Cooldown::Never,
+            max_cooldown: ms(1),
+        };
+        let mut m = Machine::new(policy).unwrap();
+        let mut now = at(0);
+        m.handle(now, Input::Start);
+        confirm(&mut m, now);
+        for _ in 0..max_restarts {
+            let out = crash(&mut m, now);
+            prop_assert!(delay(&out).is_some());
+            now = m.poll_timeout().unwrap().at;
+            m.handle(now, Input::Tick);
+            confirm(&mut m, now);
+        }
+        let out = crash(&mut m, now);
+        prop_assert_eq!(delay(&out), None);
+        prop_assert_eq!(m.state(), StateName::BreakerOpen);
+        prop_assert_eq!(m.poll_timeout(), None);
+    }
+
     /// An explicit start or a breaker reset forgets the restart history: a full window of
     /// restarts fits again right away, and the one after it opens the breaker again.
     #[test]

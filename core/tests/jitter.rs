@@ -188,9 +188,17 @@ proptest! {
 /// run replays the same delays from one version to the next. With seed 0 its first outputs are
 /// 0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4 and 0x06C45D188009454F; each becomes a draw
 /// `(x >> 11) / 2^53` and the delay `base * (1 - jitter * draw)`, to the nearest nanosecond.
+/// A base of 2^62 ns (146 years, a valid if odd policy) makes every bit of the draw show.
 #[test]
 fn jitter_draws_are_splitmix64() {
-    let b = policy(1_000, 0, 1.0, 1.0);
+    let base = 1u64 << 62;
+    let b = BackoffPolicy {
+        initial: Duration::from_nanos(base),
+        max: Duration::from_nanos(base),
+        factor: 1.0,
+        jitter: 1.0,
+        reset_after: Duration::MAX,
+    };
     let mut run = CrashLoop::new(b, 0);
     for x in [
         0xE220_A839_7B1D_CDAFu64,
@@ -198,7 +206,7 @@ fn jitter_draws_are_splitmix64() {
         0x06C4_5D18_8009_454F,
     ] {
         let draw = (x >> 11) as f64 / (1u64 << 53) as f64;
-        let nanos = (1e9 * (1.0 - draw)).round() as u64;
+        let nanos = (base as f64 * (1.0 - draw)).round() as u64;
         assert_eq!(run.crash(), Duration::from_nanos(nanos));
     }
 }

@@ -1,0 +1,120 @@
+//! The names and texts people and tools see: event and status output, logs and the control
+//! protocol carry them, so each one is fixed here, and the machine's clock as it reports it.
+
+use std::time::Duration;
+
+use processcontrol_core::{
+    ExitStatus, IgnoreReason, Input, Instance, Machine, Notification, Policy, ProbeResult,
+    ProbeRole, RestartCause, Signal, SpawnError, Timestamp, Usage,
+};
+
+#[test]
+fn every_input_has_its_snake_case_name() {
+    let i = Instance(1);
+    let cases = [
+        (Input::Start, "start"),
+        (Input::Stop { grace: None }, "stop"),
+        (Input::Kill, "kill"),
+        (
+            Input::Restart {
+                cause: RestartCause::Manual,
+            },
+            "restart",
+        ),
+        (Input::ResetBreaker, "reset_breaker"),
+        (
+            Input::Forward {
+                signal: Signal::Hup,
+            },
+            "forward",
+        ),
+        (
+            Input::Spawned {
+                instance: i,
+                pid: 1,
+            },
+            "spawned",
+        ),
+        (
+            Input::SpawnFailed {
+                instance: i,
+                error: SpawnError::InvalidSpec,
+            },
+            "spawn_failed",
+        ),
+        (
+            Input::Exited {
+                instance: i,
+                status: ExitStatus::Code(0),
+            },
+            "exited",
+        ),
+        (Input::Gone { instance: i }, "gone"),
+        (
+            Input::Probe {
+                instance: i,
+                role: ProbeRole::Liveness,
+                result: ProbeResult::Pass,
+            },
+            "probe",
+        ),
+        (
+            Input::Sampled {
+                instance: i,
+                usage: Usage::default(),
+            },
+            "sampled",
+        ),
+        (Input::Tick, "tick"),
+    ];
+    for (input, name) in cases {
+        assert_eq!(input.name(), name, "{input:?}");
+    }
+}
+
+/// An ignored input is reported under its name.
+#[test]
+fn an_ignored_input_is_named() {
+    let mut m = Machine::new(Policy::default()).unwrap();
+    let out = m.handle(Timestamp::ZERO, Input::Kill);
+    let named = out.notifications.iter().find_map(|n| match *n {
+        Notification::Ignored { input, reason } => Some((input, reason)),
+        _ => None,
+    });
+    assert_eq!(named, Some(("kill", IgnoreReason::NotApplicable)));
+}
+
+#[test]
+fn probe_roles_have_their_names() {
+    assert_eq!(ProbeRole::Liveness.name(), "liveness");
+    assert_eq!(ProbeRole::Readiness.name(), "readiness");
+    assert_eq!(ProbeRole::Startup.name(), "startup");
+}
+
+#[test]
+fn facts_read_as_text() {
+    assert_eq!(Instance(42).to_string(), "#42");
+    assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+    assert_eq!(ExitStatus::Signal(9).to_string(), "signal 9");
+    assert_eq!(
+        ExitStatus::OomKilled.to_string(),
+        "killed by the OOM killer"
+    );
+    assert_eq!(SpawnError::Os(2).to_string(), "os error 2");
+    assert_eq!(
+        SpawnError::InvalidSpec.to_string(),
+        "invalid process specification"
+    );
+}
+
+/// The machine's clock is the latest `now` it was given; an earlier one does not move it back.
+#[test]
+fn the_clock_is_the_latest_now() {
+    let mut m = Machine::new(Policy::default()).unwrap();
+    assert_eq!(m.now(), Timestamp::ZERO);
+    let later = Timestamp::ZERO.saturating_add(Duration::from_secs(5));
+    m.handle(later, Input::Tick);
+    assert_eq!(m.now(), later);
+    m.handle(Timestamp::from_millis(1), Input::Tick);
+    assert_eq!(m.now(), later);
+}

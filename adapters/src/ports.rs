@@ -19,7 +19,7 @@ pub struct Reporter {
 /// handled in the order they arrived (and 500 processes hold 500 channels, not 1000). The
 /// channel is flume's, whose queue grows on demand: tokio's unbounded channel allocates a
 /// block of 32 slots up front, 2.3 KB for each idle process.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Mail {
     /// A fact or a command for the machine.
     Fact(Input),
@@ -28,6 +28,8 @@ pub(crate) enum Mail {
     Explained(Input, Box<str>),
     /// Stop for good, then end the task.
     Shutdown,
+    /// A reload changed the process's configuration.
+    Reconfigure(Box<crate::runtime::Reconfiguration>),
 }
 
 impl Reporter {

@@ -216,7 +216,10 @@ fn mutate(rng: &mut Rng, text: &mut String) {
 fn check(text: &str, origin: &Path) {
     match config::parse(text, origin) {
         Ok(config) => {
-            let mut seen: Vec<String> = config.start_order().concat();
+            let mut seen: Vec<String> = config
+                .start_order()
+                .expect("a parsed config is a valid group")
+                .concat();
             seen.sort();
             let mut names: Vec<String> = config
                 .processes

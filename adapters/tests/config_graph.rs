@@ -109,11 +109,11 @@ fn start_order_is_layered() {
         ("worker", "\"db\""),
     ]);
     assert_eq!(
-        config.start_order(),
+        config.start_order().unwrap(),
         [vec!["static", "db"], vec!["api", "worker"], vec!["web"]]
     );
     // Shutdown is the reverse.
-    let mut shutdown = config.start_order();
+    let mut shutdown = config.start_order().unwrap();
     shutdown.reverse();
     assert_eq!(shutdown[0], ["web"]);
 }
@@ -121,17 +121,27 @@ fn start_order_is_layered() {
 #[test]
 fn start_order_puts_each_process_after_its_deepest_dependency() {
     let config = ok(&[("c", "\"a\", \"b\""), ("b", "\"a\""), ("a", "")]);
-    assert_eq!(config.start_order(), [vec!["a"], vec!["b"], vec!["c"]]);
+    assert_eq!(
+        config.start_order().unwrap(),
+        [vec!["a"], vec!["b"], vec!["c"]]
+    );
     let config = ok(&[("one", ""), ("two", ""), ("three", "")]);
-    assert_eq!(config.start_order(), [vec!["one", "two", "three"]]);
+    assert_eq!(config.start_order().unwrap(), [vec!["one", "two", "three"]]);
 }
 
 #[test]
-fn start_order_of_a_hand_made_cyclic_config_does_not_drop_processes() {
+fn start_order_of_a_hand_made_cyclic_config_names_the_cycle() {
     let mut config = ok(&[("a", ""), ("b", ""), ("c", "")]);
     config.processes[0].depends_on = vec![("b".into(), config::Condition::Started)];
     config.processes[1].depends_on = vec![("a".into(), config::Condition::Started)];
-    assert_eq!(config.start_order(), [vec!["c"], vec!["a", "b"]]);
+    let errors = config.start_order().unwrap_err();
+    assert_eq!(
+        errors.0,
+        [processcontrol_core::GroupConfigError::Cycle(vec![
+            "a".into(),
+            "b".into()
+        ])]
+    );
 }
 
 #[test]
@@ -164,7 +174,7 @@ fn long_chains_do_not_overflow() {
     let mut processes = processes;
     processes[0].1 = "";
     let config = ok(&processes);
-    let order = config.start_order();
+    let order = config.start_order().unwrap();
     assert_eq!(order.len(), 3000);
     assert_eq!(order[2999], ["p2999"]);
 }

@@ -182,7 +182,7 @@ fn full_example_loads() {
     assert_eq!(web.logs.file_keep, 3);
     assert_eq!(web.cgroup.as_ref().unwrap().memory_max, Some(1 << 30));
 
-    assert_eq!(config.start_order(), [vec!["db"], vec!["web"]]);
+    assert_eq!(config.start_order().unwrap(), [vec!["db"], vec!["web"]]);
 }
 
 #[test]
@@ -227,7 +227,10 @@ fn processes_keep_file_order() {
         .map(|p| p.spec.name.as_str())
         .collect();
     assert_eq!(names, ["zeta", "alpha", "mid"]);
-    assert_eq!(config.start_order(), [vec!["zeta", "alpha", "mid"]]);
+    assert_eq!(
+        config.start_order().unwrap(),
+        [vec!["zeta", "alpha", "mid"]]
+    );
 }
 
 #[test]

@@ -67,7 +67,7 @@
 
 mod backoff;
 mod breaker;
-mod gate;
+pub mod group;
 mod health;
 mod input;
 mod limits;
@@ -80,7 +80,11 @@ pub mod sim;
 mod time;
 pub mod units;
 
-pub use gate::{Condition, Gate, GateState, Observed};
+pub use group::{
+    Condition, Group, GroupConfig, GroupConfigError, GroupConfigErrors, GroupEffect,
+    GroupIgnoreReason, GroupInput, GroupNotification, GroupOutcome, GroupPolicy, MemberConfig,
+    MemberId, Observed, ReloadReport,
+};
 pub use input::{
     ExitStatus, Input, Instance, Pid, ProbeFailure, ProbeResult, ProbeRole, RestartCause,
     SpawnError, Usage,

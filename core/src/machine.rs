@@ -219,6 +219,19 @@ impl Machine {
         })
     }
 
+    /// Replaces the policy (a reload changed the process's configuration), keeping the
+    /// history: restart count, last exit, the breaker's window and cooldown, the crash streak.
+    /// The new limits apply from the next spawn on, when probes and samples are set up again.
+    ///
+    /// A method rather than an [`Input`]: a configuration is not something that happens to
+    /// the process, and the runtime calls this only while no instance exists (or right before
+    /// the spawn of the next one), so no decision ever reads a half-changed policy.
+    pub fn reconfigure(&mut self, policy: Policy) -> Result<(), PolicyErrors> {
+        policy.validate()?;
+        self.policy = policy;
+        Ok(())
+    }
+
     // ----- getters ---------------------------------------------------------------------------
 
     /// The policy in force.
@@ -959,7 +972,10 @@ impl Machine {
             .then(|| live.since.saturating_add(self.policy.backoff.reset_after))
     }
 
-    fn newest(&self) -> Option<Instance> {
+    /// The newest instance ever spawned, current or not (`None` before the first spawn). It
+    /// only grows, so an observer that missed states in between still sees that a spawn
+    /// happened since it last looked.
+    pub fn newest(&self) -> Option<Instance> {
         (self.last_instance > 0).then_some(Instance(self.last_instance))
     }
 }

@@ -11,7 +11,7 @@ use processcontrol::adapters::control::{self, Handler, Reply, Request};
 use processcontrol::adapters::http;
 use processcontrol::adapters::logs::EchoFormat;
 use processcontrol::adapters::narrate::{self, Voice};
-use processcontrol::adapters::supervise::{Echo, Group, Host, HostConfig, Member};
+use processcontrol::adapters::supervise::{Echo, Group, GroupPolicy, Host, HostConfig, Member};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
@@ -132,7 +132,12 @@ pub fn up(
         let narration = tokio::spawn(narrate::narrate(host.subscribe_all(), voice, async {
             let _ = narration_end.await;
         }));
-        let group = Group::new(host.clone());
+        let group = Group::new(
+            host.clone(),
+            GroupPolicy {
+                shutdown_grace: config.supervisor.shutdown_grace,
+            },
+        );
         let daemon = Arc::new(Daemon {
             group: group.clone(),
             host,
@@ -240,24 +245,31 @@ impl Daemon {
         serde_json::to_value(report).map_err(|e| e.to_string())
     }
 
-    /// Runs `f` on the named process, or on every one with `all`.
-    fn each(
+    /// Runs `f` on the named process: commands that concern it alone.
+    fn one(
         &self,
-        name: Option<String>,
-        all: bool,
+        name: &str,
         f: impl Fn(&processcontrol::Supervisor) -> Result<(), processcontrol::CommandError>,
     ) -> Result<Value, String> {
-        let names = match (name, all) {
-            (Some(name), false) => vec![name],
-            (None, true) => self.group.names(),
-            _ => return Err("give a process name or --all".into()),
-        };
-        for name in &names {
-            let sup = self.group.get(name).map_err(|e| e.to_string())?;
-            f(&sup).map_err(|e| e.to_string())?;
-        }
-        Ok(json!({ "processes": names }))
+        let sup = self.group.get(name).map_err(|e| e.to_string())?;
+        f(&sup).map_err(|e| e.to_string())?;
+        Ok(json!({ "processes": [name] }))
     }
+}
+
+/// The process a command names, or every one with `all` (exactly one of them).
+fn target(name: Option<String>, all: bool) -> Result<Option<String>, String> {
+    match (name, all) {
+        (Some(name), false) => Ok(Some(name)),
+        (None, true) => Ok(None),
+        _ => Err("give a process name or --all".into()),
+    }
+}
+
+fn names(result: Result<Vec<String>, impl std::fmt::Display>) -> Result<Value, String> {
+    result
+        .map(|names| json!({ "processes": names }))
+        .map_err(|e| e.to_string())
 }
 
 #[async_trait]
@@ -276,18 +288,24 @@ impl Handler for Daemon {
                 }
                 done(serde_json::to_value(selected).map_err(|e| e.to_string()))
             }
-            Request::Start { name, all } => done(self.each(name, all, |s| s.start())),
+            Request::Start { name, all } => match target(name, all) {
+                Ok(name) => done(names(self.group.start(name.as_deref()).await)),
+                Err(e) => done(Err(e)),
+            },
             Request::Stop {
                 name,
                 all,
                 grace_ms,
-            } => {
-                let grace = grace_ms.map(std::time::Duration::from_millis);
-                done(self.each(name, all, |s| s.stop(grace)))
-            }
-            Request::Restart { name } => done(self.each(Some(name), false, |s| s.restart())),
-            Request::Kill { name } => done(self.each(Some(name), false, |s| s.kill())),
-            Request::Reset { name } => done(self.each(Some(name), false, |s| s.reset_breaker())),
+            } => match target(name, all) {
+                Ok(name) => {
+                    let grace = grace_ms.map(std::time::Duration::from_millis);
+                    done(names(self.group.stop(name.as_deref(), grace).await))
+                }
+                Err(e) => done(Err(e)),
+            },
+            Request::Restart { name } => done(self.one(&name, |s| s.restart())),
+            Request::Kill { name } => done(self.one(&name, |s| s.kill())),
+            Request::Reset { name } => done(self.one(&name, |s| s.reset_breaker())),
             Request::Logs {
                 name,
                 follow,

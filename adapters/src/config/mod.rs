@@ -89,23 +89,26 @@ pub struct ProcessEntry {
 
 /// What a dependent waits for before it starts (the group applies it).
 pub use crate::supervise::Condition;
+use processcontrol_core::{GroupConfig, GroupConfigErrors};
 
 impl Config {
-    /// Start layers: every process comes after all it depends on, processes of one layer do
-    /// not depend on each other and may start together, file order within a layer. Shut down
-    /// in the reverse order.
-    pub fn start_order(&self) -> Vec<Vec<String>> {
-        let nodes: Vec<(&str, Vec<&str>)> = self
+    /// Start layers, as the group machine takes them: every process comes after all it
+    /// depends on, processes of one layer do not depend on each other and start together, file
+    /// order within a layer; stopping goes backwards, each layer in parallel. An error only
+    /// for a configuration built by hand with a cycle or an unknown name (`parse` rejects
+    /// those).
+    pub fn start_order(&self) -> Result<Vec<Vec<String>>, GroupConfigErrors> {
+        let members = self
             .processes
             .iter()
-            .map(|p| {
-                (
-                    p.spec.name.as_str(),
-                    p.depends_on.iter().map(|(n, _)| n.as_str()).collect(),
-                )
-            })
+            .map(|p| crate::supervise::member_config(&p.spec, &p.depends_on, p.fingerprint))
             .collect();
-        graph::layers(&nodes)
+        let config = GroupConfig::new(members)?;
+        Ok(config
+            .layers()
+            .into_iter()
+            .map(|layer| layer.into_iter().map(str::to_string).collect())
+            .collect())
     }
 
     /// The entry of a process, by name.

@@ -6,10 +6,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use processcontrol_core::{Cause, Effect, Input, Machine, Notification, Timestamp, Usage};
+use processcontrol_core::{
+    Cause, Effect, Input, Machine, Notification, Observed, RestartCause, Timestamp, Usage,
+};
 use tokio::sync::watch;
 
 use super::event::{role_index, Context, Event, What};
+use super::handle::{Observer, Reconfiguration};
 use super::status::{breaker_name, Status, Tallies};
 use crate::ports::{Mail, Ports, Reporter};
 
@@ -34,6 +37,12 @@ pub(crate) struct Driver {
     pub(crate) closing: bool,
     /// Totals for status; a new copy is made only when one of them moves.
     pub(crate) tallies: Arc<Tallies>,
+    /// Told every change of what a group sees of the machine (a group member's owner).
+    pub(crate) observer: Option<Observer>,
+    /// What the observer was last told.
+    pub(crate) observed: Option<Observed>,
+    /// A new configuration waiting for the current instance to be gone.
+    pub(crate) pending: Option<Box<Reconfiguration>>,
 }
 
 impl Driver {
@@ -71,6 +80,13 @@ impl Driver {
                             self.closing = true;
                             Input::Stop { grace: None }
                         }
+                        Some(Mail::Reconfigure(next)) => match self.reconfigure(next) {
+                            Some(input) => input,
+                            None => {
+                                self.publish_status(self.ports.clock.now());
+                                continue;
+                            }
+                        },
                         // The driver holds a reporter itself, so the mailbox cannot close.
                         None => break,
                     },
@@ -89,9 +105,34 @@ impl Driver {
 
     /// No instance, and none coming without a command.
     fn at_rest(&self) -> bool {
-        use processcontrol_core::StateName::{Exited, Failed, Killed, Stopped};
-        self.machine.instance().is_none()
-            && matches!(self.machine.state(), Stopped | Killed | Exited | Failed)
+        Observed::of(&self.machine).at_rest()
+    }
+
+    /// Takes a new configuration: at once when no instance exists, else for the next spawn
+    /// (the current instance was started, and is stopped, with the ports it has). Returns the
+    /// restart to feed, when one was asked for.
+    fn reconfigure(&mut self, next: Box<Reconfiguration>) -> Option<Input> {
+        let restart = next.restart;
+        if self.machine.instance().is_none() {
+            self.swap(next);
+        } else {
+            self.pending = Some(next);
+        }
+        restart.then_some(Input::Restart {
+            cause: RestartCause::Reload,
+        })
+    }
+
+    fn swap(&mut self, next: Box<Reconfiguration>) {
+        let Reconfiguration { policy, ports, .. } = *next;
+        if let Err(errors) = self.machine.reconfigure(policy) {
+            // The spec was validated with this very policy before the reload began.
+            tracing::error!(process = %self.name, %errors, "new configuration refused");
+            return;
+        }
+        // The machine's times come from this task's clock: it stays.
+        let clock = self.ports.clock.clone();
+        self.ports = Ports { clock, ..ports };
     }
 
     /// Keeps what status output needs from a fact before the machine sees it.
@@ -137,12 +178,15 @@ impl Driver {
     }
 
     async fn execute(&mut self, effect: Effect) {
-        let p = &self.ports;
         match effect {
             Effect::Spawn { instance, .. } => {
                 if self.machine.instance() != Some(instance) {
                     return;
                 }
+                if let Some(next) = self.pending.take() {
+                    self.swap(next);
+                }
+                let p = &self.ports;
                 self.usage = None;
                 match p.processes.spawn(instance, self.reporter.clone()).await {
                     Ok(pid) => {
@@ -157,15 +201,18 @@ impl Driver {
                     }
                 }
             }
-            Effect::Signal { instance, signal } => p.processes.signal(instance, signal).await,
-            Effect::KillGroup { instance } => p.processes.kill_group(instance).await,
+            Effect::Signal { instance, signal } => {
+                self.ports.processes.signal(instance, signal).await
+            }
+            Effect::KillGroup { instance } => self.ports.processes.kill_group(instance).await,
             Effect::Watch {
                 instance,
                 probes,
                 sampling,
             } => {
                 let pid = self.machine.pid();
-                p.watchers
+                self.ports
+                    .watchers
                     .watch(instance, pid, probes, sampling, self.reporter.clone())
                     .await
             }
@@ -215,7 +262,14 @@ impl Driver {
         }
     }
 
-    fn publish_status(&self, now: Timestamp) {
+    fn publish_status(&mut self, now: Timestamp) {
+        if let Some(observer) = &self.observer {
+            let seen = Observed::of(&self.machine);
+            if self.observed != Some(seen) {
+                self.observed = Some(seen);
+                observer(seen);
+            }
+        }
         let m = &self.machine;
         let started_at = m
             .up_since()

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use processcontrol_core::{Input, Machine, Policy, PolicyErrors, RestartCause};
+use processcontrol_core::{Input, Machine, Observed, Policy, PolicyErrors, RestartCause};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -22,6 +22,27 @@ pub enum CommandError {
     Ended(Arc<str>),
 }
 
+/// Told every change of what a group sees of a process ([`Observed`]), from its task, right
+/// after the step that made it. Must not block.
+pub type Observer = Box<dyn Fn(Observed) + Send + Sync>;
+
+/// A process's new configuration, from a reload.
+pub(crate) struct Reconfiguration {
+    pub(crate) policy: Policy,
+    pub(crate) ports: Ports,
+    /// Replace the current instance now (`Restart` with cause `reload`).
+    pub(crate) restart: bool,
+}
+
+impl std::fmt::Debug for Reconfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfiguration")
+            .field("policy", &self.policy)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One supervised process. Commands return at once; what they lead to is seen in
 /// [`Supervisor::status`] and the events. Dropping the handle stops the process gracefully.
 #[derive(Debug)]
@@ -37,12 +58,23 @@ impl Supervisor {
     /// Supervises a process with the given ports, and starts it. The policy is validated
     /// first: nothing starts when it is invalid.
     pub fn launch(name: &str, policy: Policy, ports: Ports) -> Result<Supervisor, PolicyErrors> {
-        Self::new(name, policy, ports, true)
+        Self::new(name, policy, ports, true, None)
     }
 
     /// Supervises a process without starting it (for dependency ordering and tests).
     pub fn idle(name: &str, policy: Policy, ports: Ports) -> Result<Supervisor, PolicyErrors> {
-        Self::new(name, policy, ports, false)
+        Self::new(name, policy, ports, false, None)
+    }
+
+    /// Supervises a process without starting it, telling `observer` every change of what a
+    /// group sees of it (how a group's owner task learns of its members without a task each).
+    pub fn observed(
+        name: &str,
+        policy: Policy,
+        ports: Ports,
+        observer: Observer,
+    ) -> Result<Supervisor, PolicyErrors> {
+        Self::new(name, policy, ports, false, Some(observer))
     }
 
     fn new(
@@ -50,6 +82,7 @@ impl Supervisor {
         policy: Policy,
         ports: Ports,
         start: bool,
+        observer: Option<Observer>,
     ) -> Result<Supervisor, PolicyErrors> {
         let machine = Machine::new(policy)?;
         let name: Arc<str> = name.into();
@@ -80,6 +113,9 @@ impl Supervisor {
             usage: None,
             closing: false,
             tallies: Arc::default(),
+            observer,
+            observed: None,
+            pending: None,
         };
         let task = tokio::spawn(Box::new(driver).run());
         Ok(Supervisor {
@@ -136,6 +172,25 @@ impl Supervisor {
     /// Kills every process of the instance now.
     pub fn kill(&self) -> Result<(), CommandError> {
         self.send(Input::Kill)
+    }
+
+    /// Gives the process a new configuration (a reload changed it): the next instance uses
+    /// it; with `restart`, the current one is replaced now, with cause `reload`, through the
+    /// machine (so the breaker counts it and the history stays).
+    pub(crate) fn reconfigure(
+        &self,
+        policy: Policy,
+        ports: Ports,
+        restart: bool,
+    ) -> Result<(), CommandError> {
+        let next = Reconfiguration {
+            policy,
+            ports,
+            restart,
+        };
+        self.mail
+            .send(Mail::Reconfigure(Box::new(next)))
+            .map_err(|_| CommandError::Ended(self.name.clone()))
     }
 
     /// Passes a signal on to every process of the current instance (no state changes).

@@ -7,7 +7,8 @@ mod handle;
 mod status;
 
 pub use event::{now_rfc3339, Event, What};
-pub use handle::{CommandError, Events, Supervisor};
+pub(crate) use handle::Reconfiguration;
+pub use handle::{CommandError, Events, Observer, Supervisor};
 pub use status::{Status, Tallies};
 
 #[cfg(test)]

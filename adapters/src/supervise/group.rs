@@ -1,20 +1,29 @@
-//! Many supervised processes under one name space: started in dependency order (each one once
-//! its dependencies meet their condition), stopped in reverse order, and reloaded by diff so
-//! that unchanged processes keep running untouched. Each process is still decided by its own
-//! machine; the group only holds back `Start` until a dependency is met.
+//! Many supervised processes as one group. The core's [`GroupMachine`] decides start order,
+//! stop order, reload and shutdown; one owner task holds it with the member handles, feeds it
+//! every command, every change of a member and its one deadline, and carries out what it says.
+//! Each member is still decided by its own process machine. Nothing here decides: no lock
+//! around a decision, no task per member.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use processcontrol_core::{Condition, Gate, GateState, Observed, StateName};
+use processcontrol_core::{
+    Condition, GroupConfig, GroupConfigErrors, GroupEffect, GroupInput, GroupNotification,
+    GroupOutcome, GroupPolicy, MemberConfig, MemberId, Observed, StateName,
+};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::host::{Host, SuperviseError};
+use super::host::{Host, Prepared, SuperviseError};
 use super::spec::ProcessSpec;
+use crate::logs::LogRing;
+use crate::ports::{Clock, TokioClock};
 use crate::runtime::{CommandError, Event, Status, Supervisor};
+
+pub use processcontrol_core::Group as GroupMachine;
+pub use processcontrol_core::ReloadReport;
 
 /// How many recent events the group keeps for `events` without `--follow`.
 const HISTORY: usize = 1000;
@@ -43,19 +52,6 @@ pub struct MemberStatus {
     pub uptime_secs: Option<u64>,
 }
 
-/// What a reload did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ReloadReport {
-    /// Started because they are new.
-    pub added: Vec<String>,
-    /// Stopped because they are gone from the configuration.
-    pub removed: Vec<String>,
-    /// Restarted with their new configuration.
-    pub changed: Vec<String>,
-    /// Left running untouched.
-    pub unchanged: Vec<String>,
-}
-
 /// Why a group command failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -66,48 +62,15 @@ pub enum GroupError {
     /// The process's task has ended.
     #[error(transparent)]
     Command(#[from] CommandError),
-    /// A new process could not be supervised.
+    /// A process could not be supervised (its spec, log ring or file): nothing was changed.
     #[error(transparent)]
     Supervise(#[from] SuperviseError),
-}
-
-struct Running {
-    member: Member,
-    sup: Arc<Supervisor>,
-    blocked: watch::Receiver<Option<String>>,
-    /// Holds back the start until the dependencies are met; `None` until every member of the
-    /// same reload exists.
-    gate: Option<JoinHandle<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(gate) = &self.gate {
-            gate.abort();
-        }
-    }
-}
-
-/// Many processes supervised together.
-pub struct Group {
-    host: Arc<Host>,
-    members: Mutex<BTreeMap<String, Running>>,
-    /// Woken when members are added, for gates whose dependency is missing: a reload takes a
-    /// changed process out before it puts its new version in.
-    added: Notify,
-    /// Configuration order, for start and (reversed) stop.
-    order: Mutex<Vec<String>>,
-    events: broadcast::Sender<Arc<Event>>,
-    history: Arc<Mutex<VecDeque<Arc<Event>>>>,
-    counters: Arc<Mutex<Counters>>,
-    /// Copies the host's events into the group's history, counters and stream.
-    forwarder: JoinHandle<()>,
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.forwarder.abort();
-    }
+    /// The membership is not valid (duplicate names, unknown dependencies, a cycle).
+    #[error("{0}")]
+    Config(#[from] GroupConfigErrors),
+    /// The group is shutting down and takes no more commands.
+    #[error("shutting down")]
+    ShuttingDown,
 }
 
 /// Totals since the group started, for metrics.
@@ -120,118 +83,169 @@ pub struct Counters {
     pub probe_failures: BTreeMap<(String, &'static str), u64>,
 }
 
+impl Counters {
+    /// Drops the totals of a process that left the group.
+    fn forget(&mut self, name: &str) {
+        self.restarts.retain(|(n, _), _| n != name);
+        self.probe_failures.retain(|(n, _), _| n != name);
+    }
+}
+
+/// What the group machine knows of a member. Its readiness is the *effective* one: a
+/// readiness probe, or `READY=1` for a `notify` process.
+pub(crate) fn member_config(
+    spec: &ProcessSpec,
+    depends_on: &[(String, Condition)],
+    fingerprint: u64,
+) -> MemberConfig {
+    MemberConfig {
+        name: spec.name.clone(),
+        depends_on: depends_on.to_vec(),
+        fingerprint,
+        has_readiness: spec.effective_policy().health.readiness.is_some(),
+    }
+}
+
+/// A member as status readers see it; written by the owner task only.
+#[derive(Clone)]
+struct Entry {
+    sup: Arc<Supervisor>,
+    /// What its start waits for (`None` once sent).
+    blocked: Arc<Mutex<Option<Arc<str>>>>,
+}
+
+/// Many processes supervised together.
+pub struct Group {
+    commands: mpsc::UnboundedSender<Command>,
+    /// The members in configuration order, for status and lookups.
+    view: Arc<RwLock<Vec<Entry>>>,
+    events: broadcast::Sender<Arc<Event>>,
+    history: Arc<Mutex<VecDeque<Arc<Event>>>>,
+    counters: Arc<Mutex<Counters>>,
+    /// Copies the host's events into the group's history, counters and stream.
+    forwarder: JoinHandle<()>,
+    owner: JoinHandle<()>,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+        self.owner.abort();
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, GroupError>>;
+
+enum Command {
+    Apply(Vec<Member>, Reply<ReloadReport>),
+    Start(Option<String>, Reply<Vec<String>>),
+    Stop(Option<String>, Option<Duration>, Reply<Vec<String>>),
+    RestartAll(Reply<Vec<String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
 impl Group {
-    /// An empty group on `host`.
-    pub fn new(host: Arc<Host>) -> Arc<Group> {
+    /// An empty group on `host`; `policy.shutdown_grace` bounds [`Group::shutdown`].
+    pub fn new(host: Arc<Host>, policy: GroupPolicy) -> Arc<Group> {
         let events = broadcast::channel(4096).0;
         let history = Arc::default();
-        let counters = Arc::default();
+        let counters: Arc<Mutex<Counters>> = Arc::default();
         let forwarder = tokio::spawn(forward(
             host.subscribe_all(),
             events.clone(),
             Arc::clone(&history),
             Arc::clone(&counters),
         ));
-        Arc::new(Group {
+        let view: Arc<RwLock<Vec<Entry>>> = Arc::default();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let owner = Owner {
             host,
-            members: Mutex::new(BTreeMap::new()),
-            added: Notify::new(),
-            order: Mutex::new(Vec::new()),
+            machine: GroupMachine::new(policy),
+            out: GroupOutcome::default(),
+            slots: Vec::new(),
+            view: view.clone(),
+            changes_tx,
+            clock: TokioClock::new(),
+            shutdown_waiters: Vec::new(),
+            counters: counters.clone(),
+            prepared: BTreeMap::new(),
+            grace: None,
+        };
+        let owner = tokio::spawn(owner.run(commands_rx, changes));
+        Arc::new(Group {
+            commands,
+            view,
             events,
             history,
             counters,
             forwarder,
+            owner,
         })
     }
 
     /// Makes the group run exactly `members`: new ones are started (after their
-    /// dependencies), removed ones stopped, changed ones restarted with their new
-    /// configuration, unchanged ones left alone. The first call starts everything.
-    pub async fn apply(self: &Arc<Self>, members: Vec<Member>) -> Result<ReloadReport, GroupError> {
-        let mut report = ReloadReport::default();
-        let wanted: BTreeMap<String, Member> = members
-            .iter()
-            .map(|m| (m.spec.name.clone(), m.clone()))
-            .collect();
-        // Stop what is removed or changed, dependents first.
-        let current_order = self.order.lock().expect("never poisoned").clone();
-        for name in current_order.iter().rev() {
-            let old = {
-                let members = self.members.lock().expect("never poisoned");
-                members.get(name).map(|r| r.member.fingerprint)
-            };
-            match (old, wanted.get(name)) {
-                (Some(_), None) => {
-                    report.removed.push(name.clone());
-                    self.remove(name).await;
-                }
-                (Some(old), Some(new)) if old != new.fingerprint => {
-                    report.changed.push(name.clone());
-                    self.remove(name).await;
-                }
-                (Some(_), Some(_)) => report.unchanged.push(name.clone()),
-                (None, _) => {}
-            }
+    /// dependencies), removed ones stopped dependents first, changed ones restarted with their
+    /// new configuration (cause `reload`), unchanged ones left alone. The first call starts
+    /// everything. Every member is validated and built before anything changes: on an error
+    /// nothing did. Reloads are taken one at a time.
+    pub async fn apply(&self, members: Vec<Member>) -> Result<ReloadReport, GroupError> {
+        self.ask(|reply| Command::Apply(members, reply)).await
+    }
+
+    /// Starts `name` and, first, what it depends on (each dependency whose condition is not
+    /// met); `None` starts every process that has no instance, in dependency order. Returns
+    /// the names asked for.
+    pub async fn start(&self, name: Option<&str>) -> Result<Vec<String>, GroupError> {
+        let name = name.map(str::to_string);
+        self.ask(|reply| Command::Start(name, reply)).await
+    }
+
+    /// Stops `name` (and only it), or with `None` every process, dependents first; `grace`
+    /// overrides the stop grace of the stops sent right away.
+    pub async fn stop(
+        &self,
+        name: Option<&str>,
+        grace: Option<Duration>,
+    ) -> Result<Vec<String>, GroupError> {
+        let name = name.map(str::to_string);
+        self.ask(|reply| Command::Stop(name, grace, reply)).await
+    }
+
+    /// Stops every process dependents first, then starts them all in dependency order.
+    pub async fn restart_all(&self) -> Result<Vec<String>, GroupError> {
+        self.ask(Command::RestartAll).await
+    }
+
+    /// Stops every process, dependents first, each layer in parallel; whatever is still alive
+    /// `shutdown_grace` after it began is killed. Returns once nothing is left.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
         }
-        report.unchanged.reverse();
-        report.removed.reverse();
-        report.changed.reverse();
-        // Supervise what is new or changed; then let each start once its dependencies are met
-        // (gates start after every new member exists, so a dependency is always found).
-        let mut fresh = Vec::new();
-        for member in members {
-            let name = member.spec.name.clone();
-            if self
-                .members
-                .lock()
-                .expect("never poisoned")
-                .contains_key(&name)
-            {
-                continue;
-            }
-            if !report.changed.contains(&name) {
-                report.added.push(name.clone());
-            }
-            let sup = Arc::new(self.host.add(member.spec.clone())?);
-            let (blocked_tx, blocked) = watch::channel(None);
-            fresh.push((
-                name.clone(),
-                sup.clone(),
-                member.depends_on.clone(),
-                blocked_tx,
-            ));
-            self.members.lock().expect("never poisoned").insert(
-                name,
-                Running {
-                    member,
-                    sup,
-                    blocked,
-                    gate: None,
-                },
-            );
-        }
-        self.added.notify_waiters();
-        *self.order.lock().expect("never poisoned") =
-            wanted_order(&wanted, &report, &current_order);
-        for (name, sup, depends_on, blocked_tx) in fresh {
-            let gate = tokio::spawn(gate(self.clone(), sup, depends_on, blocked_tx));
-            if let Some(running) = self.members.lock().expect("never poisoned").get_mut(&name) {
-                running.gate = Some(gate);
-            }
-        }
-        Ok(report)
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, GroupError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(command(tx))
+            .map_err(|_| GroupError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(GroupError::ShuttingDown))
     }
 
     /// The status of every process, in configuration order.
     pub fn status(&self) -> Vec<MemberStatus> {
-        let order = self.order.lock().expect("never poisoned").clone();
-        let members = self.members.lock().expect("never poisoned");
-        order
-            .iter()
-            .filter_map(|name| members.get(name))
-            .map(|r| {
-                let mut status = r.sup.status();
-                let blocked = r.blocked.borrow().clone();
+        let view = self.view.read().expect("never poisoned");
+        view.iter()
+            .map(|e| {
+                let mut status = e.sup.status();
+                let blocked = e
+                    .blocked
+                    .lock()
+                    .expect("never poisoned")
+                    .as_deref()
+                    .map(str::to_string);
                 if blocked.is_some() && status.state == StateName::Stopped {
                     // Waiting for a dependency is part of starting, as users see it.
                     status.state = StateName::Starting;
@@ -248,15 +262,17 @@ impl Group {
 
     /// The names of the processes, in configuration order.
     pub fn names(&self) -> Vec<String> {
-        self.order.lock().expect("never poisoned").clone()
+        let view = self.view.read().expect("never poisoned");
+        view.iter().map(|e| e.sup.name().to_string()).collect()
     }
 
-    /// The supervisor of a process.
+    /// The supervisor of a process, for the commands that concern it alone (restart, kill,
+    /// reset, signals).
     pub fn get(&self, name: &str) -> Result<Arc<Supervisor>, GroupError> {
-        let members = self.members.lock().expect("never poisoned");
-        members
-            .get(name)
-            .map(|r| r.sup.clone())
+        let view = self.view.read().expect("never poisoned");
+        view.iter()
+            .find(|e| e.sup.name() == name)
+            .map(|e| e.sup.clone())
             .ok_or_else(|| GroupError::Unknown(name.to_string()))
     }
 
@@ -276,112 +292,321 @@ impl Group {
         let history = self.history.lock().expect("never poisoned");
         (history.iter().cloned().collect(), self.events.subscribe())
     }
-
-    /// Stops every process, dependents first, each waiting until no process of it is left.
-    pub async fn shutdown(&self) {
-        let order = self.order.lock().expect("never poisoned").clone();
-        for name in order.iter().rev() {
-            self.remove(name).await;
-        }
-    }
-
-    /// Stops `name` for good and forgets it.
-    async fn remove(&self, name: &str) {
-        let running = self.members.lock().expect("never poisoned").remove(name);
-        let Some(running) = running else { return };
-        let sup = running.sup.clone();
-        drop(running);
-        match Arc::try_unwrap(sup) {
-            Ok(sup) => {
-                sup.shutdown().await;
-            }
-            Err(sup) => {
-                // Someone still holds the handle (a request in flight): stop it and wait.
-                let _ = sup.stop(None);
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(3600), sup.wait_for(Status::at_rest))
-                        .await;
-            }
-        }
-    }
 }
 
-/// Configuration order after a reload: the old order for what stayed, new names appended in
-/// the order they were given.
-fn wanted_order(
-    wanted: &BTreeMap<String, Member>,
-    report: &ReloadReport,
-    old: &[String],
-) -> Vec<String> {
-    let mut order: Vec<String> = old
-        .iter()
-        .filter(|n| wanted.contains_key(*n))
-        .cloned()
-        .collect();
-    for name in &report.added {
-        if !order.contains(name) {
-            order.push(name.clone());
-        }
-    }
-    order
-}
-
-/// Holds back `Start` until the core's gate opens, publishing what it waits for meanwhile.
-/// It decides nothing: it shows the gate each status of the awaited dependency.
-async fn gate(
-    group: Arc<Group>,
+/// A member as the owner task holds it.
+struct Slot {
+    id: MemberId,
     sup: Arc<Supervisor>,
-    depends_on: Vec<(String, Condition)>,
-    blocked: watch::Sender<Option<String>>,
-) {
-    let mut gate = Gate::new(depends_on);
-    while let GateState::Waiting {
-        dependency,
-        condition,
-    } = gate.state()
-    {
-        let dependency = dependency.to_owned();
-        let reason = format!("waiting for {dependency} to be {condition}");
-        blocked.send_replace(Some(reason.clone()));
-        // Registered before looking, so an addition right after the look is not missed.
-        let added = group.added.notified();
-        tokio::pin!(added);
-        added.as_mut().enable();
-        let found = {
-            let members = group.members.lock().expect("never poisoned");
-            members.get(&dependency).map(|r| {
-                let has_readiness = r.member.spec.probes.readiness.is_some();
-                (r.sup.watch_status(), has_readiness)
-            })
-        };
-        let Some((mut status, has_readiness)) = found else {
-            // Validation rejects unknown dependencies, but a reload takes a changed process
-            // out before it adds its new version, and may remove one for good.
-            blocked.send_replace(Some(format!("{reason} (no such process)")));
-            added.await;
-            continue;
-        };
+    ring: Arc<LogRing>,
+    blocked: Arc<Mutex<Option<Arc<str>>>>,
+}
+
+/// The task that owns the group machine.
+struct Owner {
+    host: Arc<Host>,
+    machine: GroupMachine,
+    /// Handed to the machine for every input, so its vectors are reused.
+    out: GroupOutcome,
+    /// Members by [`MemberId::index`].
+    slots: Vec<Option<Slot>>,
+    view: Arc<RwLock<Vec<Entry>>>,
+    changes_tx: mpsc::UnboundedSender<(MemberId, Observed)>,
+    clock: TokioClock,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    counters: Arc<Mutex<Counters>>,
+    /// What the reload being applied built, by name, for its `Supervise` and `Reconfigure`.
+    prepared: BTreeMap<String, Prepared>,
+    /// The grace override of the stop command being handled.
+    grace: Option<Duration>,
+}
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut changes: mpsc::UnboundedReceiver<(MemberId, Observed)>,
+    ) {
+        let sleep = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(sleep);
         loop {
-            let seen = {
-                let s = status.borrow_and_update();
-                Observed {
-                    state: s.state,
-                    ready: s.ready,
-                    has_readiness,
-                    has_instance: s.instance.is_some(),
-                }
-            };
-            if gate.observe(&seen) {
-                break;
+            let deadline = self.machine.poll_timeout();
+            if let Some(at) = deadline {
+                sleep.as_mut().reset(self.clock.instant(at));
             }
-            if status.changed().await.is_err() {
-                // That supervisor ended (a reload replaced or removed it): look again.
-                break;
+            tokio::select! {
+                // Members first: a command should meet the freshest view of them.
+                biased;
+                Some((member, seen)) = changes.recv() => {
+                    self.step(GroupInput::Observed { member, seen });
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    // The group handle is gone.
+                    None => return,
+                },
+                () = &mut sleep, if deadline.is_some() => {
+                    self.step(GroupInput::Tick);
+                }
             }
         }
     }
-    blocked.send_replace(None);
-    let _ = sup.start();
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Apply(members, reply) => {
+                let _ = reply.send(self.apply(members));
+            }
+            Command::Start(name, reply) => {
+                let result = self.named(name.as_deref(), GroupInput::Start, GroupInput::StartAll);
+                let _ = reply.send(result);
+            }
+            Command::Stop(name, grace, reply) => {
+                self.grace = grace;
+                let result = self.named(name.as_deref(), GroupInput::Stop, GroupInput::StopAll);
+                self.grace = None;
+                let _ = reply.send(result);
+            }
+            Command::RestartAll(reply) => {
+                let result = self.named(None, GroupInput::Start, GroupInput::RestartAll);
+                let _ = reply.send(result);
+            }
+            Command::Shutdown(done) => {
+                if self.machine.is_shut_down() {
+                    let _ = done.send(());
+                    return;
+                }
+                self.shutdown_waiters.push(done);
+                if !self.machine.is_shutting_down() {
+                    self.step(GroupInput::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Feeds the input for one member by name, or the one for all.
+    fn named(
+        &mut self,
+        name: Option<&str>,
+        one: fn(MemberId) -> GroupInput,
+        all: GroupInput,
+    ) -> Result<Vec<String>, GroupError> {
+        if self.machine.is_shutting_down() {
+            return Err(GroupError::ShuttingDown);
+        }
+        match name {
+            Some(name) => {
+                let id = self
+                    .machine
+                    .find(name)
+                    .ok_or_else(|| GroupError::Unknown(name.to_string()))?;
+                self.step(one(id));
+                Ok(vec![name.to_string()])
+            }
+            None => {
+                self.step(all);
+                let view = self.view.read().expect("never poisoned");
+                Ok(view.iter().map(|e| e.sup.name().to_string()).collect())
+            }
+        }
+    }
+
+    /// Builds every new or changed member, then applies the membership. Nothing changes
+    /// unless all of it could be built.
+    fn apply(&mut self, members: Vec<Member>) -> Result<ReloadReport, GroupError> {
+        if self.machine.is_shutting_down() {
+            return Err(GroupError::ShuttingDown);
+        }
+        let mut configs = Vec::with_capacity(members.len());
+        let mut prepared = BTreeMap::new();
+        for member in members {
+            let name = member.spec.name.clone();
+            let current = self.machine.find(&name).and_then(|id| self.slot(id));
+            let same =
+                current.is_some_and(|s| self.fingerprint_of(s.id) == Some(member.fingerprint));
+            let config = member_config(&member.spec, &member.depends_on, member.fingerprint);
+            if !same {
+                let keep = current.map(|s| s.ring.clone());
+                prepared.insert(name.clone(), self.host.prepare(member.spec, keep.as_ref())?);
+            }
+            configs.push(config);
+        }
+        let config = GroupConfig::new(configs)?;
+        self.prepared = prepared;
+        let report = self.step(GroupInput::Apply(config));
+        self.prepared.clear();
+        Ok(report.unwrap_or_default())
+    }
+
+    fn fingerprint_of(&self, id: MemberId) -> Option<u64> {
+        self.machine.fingerprint(id)
+    }
+
+    /// One input to the machine, and everything it says carried out.
+    fn step(&mut self, input: GroupInput) -> Option<ReloadReport> {
+        let now = self.clock.now();
+        let mut out = std::mem::take(&mut self.out);
+        self.machine.handle(now, input, &mut out);
+        let mut membership = false;
+        for effect in &out.effects {
+            membership |= self.execute(*effect);
+        }
+        for n in &out.notifications {
+            self.notice(*n);
+        }
+        let report = out.report.take();
+        self.out = out;
+        if membership {
+            self.publish_view();
+        }
+        report
+    }
+
+    /// Carries out one effect; returns whether the membership changed.
+    fn execute(&mut self, effect: GroupEffect) -> bool {
+        match effect {
+            GroupEffect::Supervise(id) => {
+                let name = self.machine.name(id).unwrap_or_default().to_string();
+                let Some(p) = self.prepared.remove(&name) else {
+                    tracing::error!(process = %name, "no configuration prepared to supervise");
+                    return false;
+                };
+                let ring = p.ring.clone();
+                let changes = self.changes_tx.clone();
+                let observer = Box::new(move |seen| {
+                    let _ = changes.send((id, seen));
+                });
+                match self.host.add_observed(p, observer) {
+                    Ok(sup) => {
+                        let slot = Slot {
+                            id,
+                            sup: Arc::new(sup),
+                            ring,
+                            blocked: Arc::default(),
+                        };
+                        if self.slots.len() <= id.index() {
+                            self.slots.resize_with(id.index() + 1, || None);
+                        }
+                        self.slots[id.index()] = Some(slot);
+                    }
+                    Err(e) => tracing::error!(process = %name, error = %e, "cannot supervise"),
+                }
+                true
+            }
+            GroupEffect::Reconfigure { member, restart } => {
+                let name = self.machine.name(member).unwrap_or_default().to_string();
+                let prepared = self.prepared.remove(&name);
+                let Some(slot) = self.slot_mut(member) else {
+                    return false;
+                };
+                match prepared {
+                    Some(p) => {
+                        let old = std::mem::replace(&mut slot.ring, p.ring.clone());
+                        let sup = slot.sup.clone();
+                        if !Arc::ptr_eq(&old, &p.ring) {
+                            self.host.forget_logs(&old);
+                        }
+                        let _ = self.host.reconfigure(&sup, p, restart);
+                    }
+                    // Back in the configuration, unchanged, before it was gone.
+                    None if restart => {
+                        let _ = slot.sup.restart();
+                    }
+                    None => {}
+                }
+                false
+            }
+            GroupEffect::Start(id) => {
+                if let Some(slot) = self.slot(id) {
+                    *slot.blocked.lock().expect("never poisoned") = None;
+                    let _ = slot.sup.start();
+                }
+                false
+            }
+            GroupEffect::Stop(id) => {
+                if let Some(slot) = self.slot(id) {
+                    let _ = slot.sup.stop(self.grace);
+                }
+                false
+            }
+            GroupEffect::Kill(id) => {
+                if let Some(slot) = self.slot(id) {
+                    let _ = slot.sup.kill();
+                }
+                false
+            }
+            GroupEffect::Forget(id) => {
+                if let Some(slot) = self.slots.get_mut(id.index()).and_then(Option::take) {
+                    self.host.forget_logs(&slot.ring);
+                    self.counters
+                        .lock()
+                        .expect("never poisoned")
+                        .forget(slot.sup.name());
+                }
+                true
+            }
+        }
+    }
+
+    fn notice(&mut self, n: GroupNotification) {
+        match n {
+            GroupNotification::Waiting {
+                member,
+                dependency,
+                condition,
+            } => {
+                let dependency = self.machine.name(dependency).unwrap_or("?");
+                let reason: Arc<str> = format!("waiting for {dependency} to be {condition}").into();
+                if let Some(slot) = self.slot(member) {
+                    *slot.blocked.lock().expect("never poisoned") = Some(reason);
+                }
+            }
+            GroupNotification::StartsSent => tracing::debug!("every start sent"),
+            GroupNotification::ShuttingDown => tracing::debug!("stopping every process"),
+            GroupNotification::GraceExpired { killed } => tracing::warn!(
+                killed,
+                "shutdown_grace passed: killing what is still running"
+            ),
+            GroupNotification::ShutdownComplete => {
+                for waiter in self.shutdown_waiters.drain(..) {
+                    let _ = waiter.send(());
+                }
+            }
+            GroupNotification::Ignored { input, reason } => {
+                tracing::debug!(input, ?reason, "group input ignored")
+            }
+            other => tracing::debug!(?other, "group notification"),
+        }
+    }
+
+    /// Republishes the members for status readers, in the machine's order.
+    fn publish_view(&self) {
+        let entries = self
+            .machine
+            .members()
+            .iter()
+            .filter_map(|id| self.slot(*id))
+            .map(|s| Entry {
+                sup: s.sup.clone(),
+                blocked: s.blocked.clone(),
+            })
+            .collect();
+        *self.view.write().expect("never poisoned") = entries;
+    }
+
+    fn slot(&self, id: MemberId) -> Option<&Slot> {
+        self.slots
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|s| s.id == id)
+    }
+
+    fn slot_mut(&mut self, id: MemberId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(id.index())
+            .and_then(Option::as_mut)
+            .filter(|s| s.id == id)
+    }
 }
 
 /// Copies the host's events into the group's stream, history and counters.
@@ -408,15 +633,12 @@ async fn forward(
                             ..
                         } => {
                             *c.restarts.entry((process.clone(), *cause)).or_default() += 1;
-                            if let Some(probe) = cause
-                                .strip_suffix("_failed")
-                                .filter(|p| *p == "liveness" || *p == "startup")
-                            {
-                                let probe = if probe == "liveness" {
-                                    "liveness"
-                                } else {
-                                    "startup"
-                                };
+                            let probe = match *cause {
+                                "liveness_failed" => Some("liveness"),
+                                "startup_failed" => Some("startup"),
+                                _ => None,
+                            };
+                            if let Some(probe) = probe {
                                 *c.probe_failures.entry((process, probe)).or_default() += 1;
                             }
                         }

@@ -83,6 +83,8 @@ pub struct Host {
     cgroups: OnceLock<Option<Arc<CgroupParent>>>,
     /// The private directory of notify sockets, created on first use.
     notify_dir: OnceLock<Result<PathBuf, String>>,
+    /// One clock for every process: one origin, and one allocation rather than one each.
+    clock: Arc<TokioClock>,
 }
 
 static GLOBAL: OnceLock<Arc<Host>> = OnceLock::new();
@@ -118,6 +120,7 @@ impl Host {
             events: broadcast::channel(4096).0,
             cgroups: OnceLock::new(),
             notify_dir: OnceLock::new(),
+            clock: Arc::new(TokioClock::new()),
         }))
     }
 
@@ -139,31 +142,48 @@ impl Host {
 
     /// Supervises `spec` and starts it. Nothing starts if the spec is invalid.
     pub fn spawn(&self, spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
-        self.supervise(spec, Supervisor::launch)
+        let p = self.prepare(spec, None)?;
+        self.register_logs(&p);
+        Supervisor::launch(&p.name, p.policy, p.ports).map_err(|e| policy_error(&p.name, e))
     }
 
     /// Supervises `spec` without starting it.
     pub fn add(&self, spec: ProcessSpec) -> Result<Supervisor, SuperviseError> {
-        self.supervise(spec, Supervisor::idle)
+        let p = self.prepare(spec, None)?;
+        self.register_logs(&p);
+        Supervisor::idle(&p.name, p.policy, p.ports).map_err(|e| policy_error(&p.name, e))
     }
 
-    fn supervise(
+    /// Supervises a prepared process without starting it, telling `observer` every change of
+    /// what a group sees of it.
+    pub(crate) fn add_observed(
         &self,
-        spec: ProcessSpec,
-        make: fn(&str, Policy, Ports) -> Result<Supervisor, PolicyErrors>,
+        p: Prepared,
+        observer: crate::runtime::Observer,
     ) -> Result<Supervisor, SuperviseError> {
-        let (name, policy, ports) = self.ports(spec)?;
-        // The spec was validated with this very policy: this only restates its errors.
-        make(&name, policy, ports).map_err(|e| {
-            SuperviseError::Spec(SpecErrors {
-                name,
-                problems: e
-                    .0
-                    .into_iter()
-                    .map(super::spec::SpecProblem::Policy)
-                    .collect(),
-            })
-        })
+        self.register_logs(&p);
+        Supervisor::observed(&p.name, p.policy, p.ports, observer)
+            .map_err(|e| policy_error(&p.name, e))
+    }
+
+    /// Gives a supervised process a prepared new configuration (see
+    /// [`Supervisor::reconfigure`]); its log ring is the new one from now on.
+    pub(crate) fn reconfigure(
+        &self,
+        sup: &Supervisor,
+        p: Prepared,
+        restart: bool,
+    ) -> Result<(), crate::runtime::CommandError> {
+        self.register_logs(&p);
+        sup.reconfigure(p.policy, p.ports, restart)
+    }
+
+    /// Forgets the log ring of a process that is no longer supervised, so its memory goes.
+    pub(crate) fn forget_logs(&self, ring: &Arc<LogRing>) {
+        self.rings
+            .lock()
+            .expect("never poisoned")
+            .retain(|(_, r)| !Arc::ptr_eq(r, ring));
     }
 
     /// Every event of every process of this host from now on.
@@ -181,24 +201,37 @@ impl Host {
             .map(|(_, r)| r.clone())
     }
 
-    fn ports(
+    /// The one ring per name: a process given a new configuration keeps one entry.
+    fn register_logs(&self, p: &Prepared) {
+        let mut rings = self.rings.lock().expect("never poisoned");
+        rings.retain(|(n, _)| **n != *p.name);
+        rings.push((p.name.as_str().into(), p.ring.clone()));
+    }
+
+    /// Validates `spec` and builds everything its task needs, starting nothing: a reload
+    /// prepares every changed and new process before it touches any. With `keep`, the log
+    /// ring of the process's current configuration is kept when its size did not change (its
+    /// recent output survives a reload).
+    pub(crate) fn prepare(
         &self,
         spec: ProcessSpec,
-    ) -> Result<(String, processcontrol_core::Policy, Ports), SuperviseError> {
+        keep: Option<&Arc<LogRing>>,
+    ) -> Result<Prepared, SuperviseError> {
         spec.validate()?;
         let name: Arc<str> = spec.name.as_str().into();
         let logs_error = |error| SuperviseError::Logs {
             name: spec.name.clone(),
             error,
         };
-        let ring = Arc::new(
-            LogRing::new(RingConfig {
-                max_lines: spec.logs.ring_lines,
-                max_bytes: spec.logs.ring_bytes,
-                ..RingConfig::default()
-            })
-            .map_err(logs_error)?,
-        );
+        let config = RingConfig {
+            max_lines: spec.logs.ring_lines,
+            max_bytes: spec.logs.ring_bytes,
+            ..RingConfig::default()
+        };
+        let ring = match keep {
+            Some(ring) if *ring.config() == config => ring.clone(),
+            _ => Arc::new(LogRing::new(config).map_err(logs_error)?),
+        };
         let file = match &spec.logs.dir {
             Some(dir) => {
                 let mut config = FileConfig::new(dir, spec.name.clone());
@@ -209,16 +242,12 @@ impl Host {
             }
             None => None,
         };
-        self.rings
-            .lock()
-            .expect("never poisoned")
-            .push((name.clone(), ring.clone()));
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let processes = OsProcesses {
             name: name.clone(),
             launcher: self.launcher.clone(),
             command: spec.command.clone(),
-            ring,
+            ring: ring.clone(),
             printer: match spec.logs.echo {
                 Echo::Off => None,
                 Echo::Plain => Some(Printer::formatted(
@@ -258,11 +287,38 @@ impl Host {
         let ports = Ports {
             processes: Arc::new(processes),
             watchers: Arc::new(watchers),
-            clock: Arc::new(TokioClock::new()),
+            clock: self.clock.clone(),
             events: self.events.clone(),
         };
-        Ok((spec.name.clone(), spec.effective_policy(), ports))
+        let policy = spec.effective_policy();
+        Ok(Prepared {
+            name: spec.name,
+            policy,
+            ports,
+            ring,
+        })
     }
+}
+
+/// A process validated and built, not yet supervised.
+pub(crate) struct Prepared {
+    pub(crate) name: String,
+    /// The effective policy (probes and `notify` folded in).
+    pub(crate) policy: Policy,
+    pub(crate) ports: Ports,
+    pub(crate) ring: Arc<LogRing>,
+}
+
+/// The spec was validated with this very policy: this only restates its errors.
+fn policy_error(name: &str, e: PolicyErrors) -> SuperviseError {
+    SuperviseError::Spec(SpecErrors {
+        name: name.to_string(),
+        problems: e
+            .0
+            .into_iter()
+            .map(super::spec::SpecProblem::Policy)
+            .collect(),
+    })
 }
 
 impl Host {

@@ -9,10 +9,11 @@ mod os_processes;
 mod spec;
 mod watchers;
 
-pub use group::{Counters, Group, GroupError, Member, MemberStatus, ReloadReport};
+pub(crate) use group::member_config;
+pub use group::{Counters, Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport};
 pub use host::{Host, HostConfig, SuperviseError};
-/// When a dependent may start; decided by the core's [`Gate`](processcontrol_core::Gate).
-pub use processcontrol_core::Condition;
+/// When a dependent may start; decided by the core's group machine.
+pub use processcontrol_core::{Condition, GroupPolicy};
 pub use spec::{
     CgroupSpec, CheckSpec, Echo, LogSpec, NotifySpec, ProbeSpec, ProbeSpecs, ProcessSpec,
     SpecErrors, SpecProblem,

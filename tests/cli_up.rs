@@ -4,125 +4,16 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_processcontrol");
-const WAIT: Duration = Duration::from_secs(30);
+#[path = "support/daemon.rs"]
+mod daemon;
 
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-    config: PathBuf,
-}
-
-impl Daemon {
-    fn start(config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("pc.sock");
-        let path = dir.path().join("processcontrol.toml");
-        std::fs::write(&path, config).unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "-c"])
-            .arg(&path)
-            .arg("--socket")
-            .arg(&socket)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            dir,
-            socket,
-            config: path,
-        };
-        d.wait("the socket", |_| true);
-        d
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("PROCESSCONTROL_SOCKET", &self.socket)
-            .output()
-            .unwrap()
-    }
-
-    fn status(&self) -> Option<Vec<Value>> {
-        let out = self.cli(&["status", "--json"]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice::<Value>(&out.stdout)
-            .ok()?
-            .as_array()
-            .cloned()
-    }
-
-    fn process(&self, name: &str) -> Option<Value> {
-        self.status()?.into_iter().find(|p| p["name"] == name)
-    }
-
-    /// Polls `status` until `f` holds (the CLI has no push channel but `events -f`).
-    fn wait(&self, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.status() {
-                if f(&status) {
-                    return status;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {:?}",
-                self.status()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_state(&self, name: &str, state: &str) -> Value {
-        let status = self.wait(&format!("{name} {state}"), |s| {
-            s.iter().any(|p| p["name"] == name && p["state"] == state)
-        });
-        status.into_iter().find(|p| p["name"] == name).unwrap()
-    }
-
-    fn events(&self) -> Vec<Value> {
-        let out = self.cli(&["events"]);
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn stop(mut self) -> (i32, Vec<Value>) {
-        let events = self.events();
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), events);
-            }
-            assert!(Instant::now() < deadline, "the daemon did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use daemon::{Daemon, BIN, WAIT};
 
 fn pid_alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {

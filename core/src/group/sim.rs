@@ -128,9 +128,7 @@ impl Fake {
     fn kill(&mut self) {
         self.ready = false;
         self.then_start = false;
-        if self.has_instance {
-            self.state = StateName::Killed;
-        } else if !self.seen().at_rest() {
+        if self.has_instance || !self.seen().at_rest() {
             self.state = StateName::Killed;
         }
     }
@@ -231,8 +229,8 @@ pub fn run(data: &[u8], record: bool) -> Result<Stats, Violation> {
     };
     let count = 1 + usize::from(bytes.next() % 8);
     let mut specs = Vec::with_capacity(count);
-    for i in 0..count {
-        specs.push(decode_spec(&mut bytes, NAMES[i], &specs, i as u64));
+    for (i, name) in NAMES.iter().take(count).enumerate() {
+        specs.push(decode_spec(&mut bytes, name, &specs, i as u64));
     }
     // File order differs from dependency order: rotate and swap by the data.
     let rotate = usize::from(bytes.next()) % count;

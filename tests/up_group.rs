@@ -281,3 +281,83 @@ command = "sleep 1000"
     let (code, _) = d.stop();
     assert_eq!(code, 0);
 }
+
+#[test]
+fn a_config_beyond_the_open_file_limit_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("processcontrol.toml");
+    let marker = dir.path().join("started");
+    let config: String = (0..100)
+        .map(|i| {
+            format!(
+                "[processes.p{i}]\ncommand = \"touch {} && sleep 1000\"\n",
+                marker.display()
+            )
+        })
+        .collect();
+    std::fs::write(&path, config).unwrap();
+    for command in ["check", "up"] {
+        // A hard limit of 128: 100 processes need about 364.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 128 && exec {} {command} -c {}{}",
+                daemon::BIN,
+                path.display(),
+                if command == "up" {
+                    format!(" --socket {}/pc.sock", dir.path().display())
+                } else {
+                    String::new()
+                }
+            ))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("100 processes need about 364 open files, but the limit is 128")
+                && stderr.contains("ulimit -n 364"),
+            "{command}: {stderr}"
+        );
+        assert!(!marker.exists(), "{command} started something");
+    }
+}
+
+#[test]
+fn a_reload_that_cannot_be_built_changes_nothing_and_check_refuses_it_too() {
+    let good = r#"
+[processes.a]
+command = "sleep 1000"
+
+[processes.b]
+command = "sleep 1000"
+"#;
+    // `a` changed (it would be restarted), `b` asks for a log ring smaller than one line.
+    let bad = r#"
+[processes.a]
+command = "sleep 1000"
+env = { CHANGED = "1" }
+
+[processes.b]
+command = "sleep 1000"
+logs = { bytes = "4KiB" }
+"#;
+    let d = Daemon::start(good);
+    let a = d.wait_state("a", "running");
+    let b = d.wait_state("b", "running");
+    std::fs::write(&d.config, bad).unwrap();
+    let check = d.cli(&["check", "-c", d.config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("process b: logs"), "{stderr}");
+    let reload = d.cli(&["reload"]);
+    assert!(!reload.status.success(), "{reload:?}");
+    let after = d.status().unwrap();
+    for (name, before) in [("a", &a), ("b", &b)] {
+        let now = after.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(now["state"], "running", "{now}");
+        assert_eq!(now["pid"], before["pid"], "{name} was touched: {now}");
+    }
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+}

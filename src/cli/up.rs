@@ -11,7 +11,9 @@ use processcontrol::adapters::control::{self, Handler, Reply, Request};
 use processcontrol::adapters::http;
 use processcontrol::adapters::logs::EchoFormat;
 use processcontrol::adapters::narrate::{self, Voice};
-use processcontrol::adapters::supervise::{Echo, Group, GroupPolicy, Host, HostConfig, Member};
+use processcontrol::adapters::supervise::{
+    check_spec, descriptors, Echo, Group, GroupPolicy, Host, HostConfig, Member,
+};
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
@@ -21,8 +23,10 @@ use super::exit;
 use super::systemd::Systemd;
 
 /// Loads and validates a configuration; prints every error (file:line:column) on failure.
+/// Also raises the open-file limit and checks that the processes fit in it, so `check` refuses
+/// exactly what `up` would.
 pub fn load(path: &Path) -> Result<Config, u8> {
-    config::load(path).map_err(|errors| {
+    let config = config::load(path).map_err(|errors| {
         for error in &errors.0 {
             eprintln!("{error}");
         }
@@ -32,7 +36,32 @@ pub fn load(path: &Path) -> Result<Config, u8> {
             path.display()
         );
         exit::USAGE
-    })
+    })?;
+    let problems: Vec<String> = config
+        .processes
+        .iter()
+        .filter_map(|p| check_spec(&p.spec).err().map(|e| e.to_string()))
+        .chain(fits(&config).err().map(|e| e.to_string()))
+        .collect();
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("{}: {problem}", path.display());
+        }
+        eprintln!(
+            "processcontrol: {} error(s) in {}; nothing was started",
+            problems.len(),
+            path.display()
+        );
+        return Err(exit::USAGE);
+    }
+    Ok(config)
+}
+
+/// Whether the configuration's processes fit in the open-file limit (raised to the hard
+/// limit first).
+fn fits(config: &Config) -> Result<(), descriptors::TooFew> {
+    let specs: Vec<_> = config.processes.iter().map(|p| &p.spec).collect();
+    descriptors::check(&specs, descriptors::raise())
 }
 
 /// The group's members as the configuration describes them; in the foreground every line of
@@ -237,6 +266,10 @@ struct Daemon {
 impl Daemon {
     async fn reload(&self) -> Result<Value, String> {
         let config = config::load(&self.config_path).map_err(|e| e.to_string())?;
+        for p in &config.processes {
+            check_spec(&p.spec).map_err(|e| e.to_string())?;
+        }
+        fits(&config).map_err(|e| e.to_string())?;
         let report = self
             .group
             .apply(members(&config, &self.echo))

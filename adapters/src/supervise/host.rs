@@ -217,29 +217,20 @@ impl Host {
         spec: ProcessSpec,
         keep: Option<&Arc<LogRing>>,
     ) -> Result<Prepared, SuperviseError> {
-        spec.validate()?;
+        check_spec(&spec)?;
         let name: Arc<str> = spec.name.as_str().into();
         let logs_error = |error| SuperviseError::Logs {
             name: spec.name.clone(),
             error,
         };
-        let config = RingConfig {
-            max_lines: spec.logs.ring_lines,
-            max_bytes: spec.logs.ring_bytes,
-            ..RingConfig::default()
-        };
+        let (config, file) = log_configs(&spec);
         let ring = match keep {
             Some(ring) if *ring.config() == config => ring.clone(),
             _ => Arc::new(LogRing::new(config).map_err(logs_error)?),
         };
-        let file = match &spec.logs.dir {
-            Some(dir) => {
-                let mut config = FileConfig::new(dir, spec.name.clone());
-                config.max_file_bytes = spec.logs.file_max_bytes;
-                config.keep_files = spec.logs.file_keep;
-                // The writer task ends when the last sink (held by the captures) is dropped.
-                Some(spawn_file_writer(config).map_err(logs_error)?.0)
-            }
+        let file = match file {
+            // The writer task ends when the last sink (held by the captures) is dropped.
+            Some(config) => Some(spawn_file_writer(config).map_err(logs_error)?.0),
             None => None,
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
@@ -298,6 +289,38 @@ impl Host {
             ring,
         })
     }
+}
+
+/// Checks everything about `spec` that supervising it would, without creating anything:
+/// `check` and a reload refuse exactly what `up` would.
+pub fn check_spec(spec: &ProcessSpec) -> Result<(), SuperviseError> {
+    spec.validate()?;
+    let logs_error = |error| SuperviseError::Logs {
+        name: spec.name.clone(),
+        error,
+    };
+    let (ring, file) = log_configs(spec);
+    ring.validate().map_err(logs_error)?;
+    if let Some(file) = file {
+        file.validate().map_err(logs_error)?;
+    }
+    Ok(())
+}
+
+/// The log ring's and log file's settings of a process.
+fn log_configs(spec: &ProcessSpec) -> (RingConfig, Option<FileConfig>) {
+    let ring = RingConfig {
+        max_lines: spec.logs.ring_lines,
+        max_bytes: spec.logs.ring_bytes,
+        ..RingConfig::default()
+    };
+    let file = spec.logs.dir.as_ref().map(|dir| {
+        let mut config = FileConfig::new(dir, spec.name.clone());
+        config.max_file_bytes = spec.logs.file_max_bytes;
+        config.keep_files = spec.logs.file_keep;
+        config
+    });
+    (ring, file)
 }
 
 /// A process validated and built, not yet supervised.

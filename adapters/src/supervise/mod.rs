@@ -2,6 +2,7 @@
 //! capture, probes, sampler) behind the runtime, and the host they share.
 
 mod all;
+pub mod descriptors;
 mod group;
 mod host;
 mod notify_watch;
@@ -11,7 +12,7 @@ mod watchers;
 
 pub(crate) use group::member_config;
 pub use group::{Counters, Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport};
-pub use host::{Host, HostConfig, SuperviseError};
+pub use host::{check_spec, Host, HostConfig, SuperviseError};
 /// When a dependent may start; decided by the core's group machine.
 pub use processcontrol_core::{Condition, GroupPolicy};
 pub use spec::{

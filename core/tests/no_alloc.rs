@@ -100,3 +100,73 @@ fn handling_inputs_allocates_nothing() {
     assert!(restarts > 0);
     assert_eq!(after - before, 0, "allocations on the hot path");
 }
+
+/// The group machine allocates nothing for observations and ticks, nor for stopping and
+/// starting everything once its vectors have grown: only a change of membership allocates.
+#[test]
+fn the_group_machine_allocates_nothing_for_observations() {
+    use processcontrol_core::{
+        Condition, Group, GroupConfig, GroupInput, GroupOutcome, GroupPolicy, MemberConfig,
+        Observed, StateName,
+    };
+    let members = (0..200)
+        .map(|i| MemberConfig {
+            name: format!("p{i}"),
+            depends_on: if i % 4 == 3 {
+                vec![(format!("p{}", i - 1), Condition::Healthy)]
+            } else {
+                Vec::new()
+            },
+            fingerprint: 0,
+            has_readiness: i % 2 == 0,
+        })
+        .collect();
+    let mut g = Group::new(GroupPolicy::default());
+    let mut out = GroupOutcome::default();
+    let mut now = Timestamp::ZERO;
+    g.handle(
+        now,
+        GroupInput::Apply(GroupConfig::new(members).unwrap()),
+        &mut out,
+    );
+    let ids = g.members().to_vec();
+    let life = |n: u64| {
+        let (state, ready, has_instance) = match n % 4 {
+            0 => (StateName::Starting, false, true),
+            1 => (StateName::Running, false, true),
+            2 => (StateName::Running, true, true),
+            _ => (StateName::Stopped, false, false),
+        };
+        Observed {
+            state,
+            ready,
+            has_instance,
+            newest: n / 4 + 1,
+        }
+    };
+    // Warm up: every vector reaches its working size.
+    let mut step = |g: &mut Group, out: &mut GroupOutcome, i: u64| {
+        now = now.saturating_add(Duration::from_millis(1));
+        let input = match i % 1000 {
+            500 => GroupInput::StopAll,
+            501 => GroupInput::StartAll,
+            502 => GroupInput::Tick,
+            _ => GroupInput::Observed {
+                member: ids[(i as usize * 7) % ids.len()],
+                seen: life(i / 200),
+            },
+        };
+        g.handle(now, input, out);
+    };
+    for i in 0..5_000 {
+        step(&mut g, &mut out, i);
+    }
+    COUNTING.with(|c| c.set(true));
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for i in 5_000..50_000 {
+        step(&mut g, &mut out, i);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    COUNTING.with(|c| c.set(false));
+    assert_eq!(allocations, 0);
+}

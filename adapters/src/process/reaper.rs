@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     /// the same pid.
     launcher_id: String,
     next_instance: AtomicU64,
+    /// The supervisor's children, listed once for all who asked meanwhile.
+    pub(crate) listings: super::search::Listings,
 }
 
 /// Live instances, guarded by one lock that also serialises fork and reap.
@@ -99,6 +101,7 @@ impl Shared {
             supervisor_pid: Pid::this(),
             launcher_id: format!("{nanos:x}"),
             next_instance: AtomicU64::new(1),
+            listings: super::search::Listings::default(),
         }
     }
 

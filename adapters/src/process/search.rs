@@ -3,6 +3,8 @@
 //! processes" in the module docs for why that is enough).
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::reaper::Shared;
 use super::scan::{self, Mark, ProcStat};
@@ -51,6 +53,54 @@ impl Orphans {
     }
 }
 
+/// The supervisor's children, listed once for all the callers that asked before the listing
+/// began. Listing costs a read of every thread's `children` file (and the kernel walks its
+/// list of children for each): with thousands of instances being stopped at once, one listing
+/// per signal made a stop of N processes cost N listings of N children. A listing that began
+/// after a caller asked is as fresh for it as one it would take itself, so callers that queue
+/// behind a listing in progress take the next one together.
+#[derive(Default)]
+pub(crate) struct Listings {
+    /// Requests so far: each caller numbers its own before it waits.
+    asked: AtomicU64,
+    /// The newest listing: how many requests had been made when it began, the count of
+    /// reaped pids at that moment, and the children.
+    last: Mutex<Option<Listing>>,
+}
+
+#[derive(Clone)]
+struct Listing {
+    began_after: u64,
+    reaped_before: u64,
+    children: Arc<Vec<i32>>,
+}
+
+impl Listings {
+    /// The children, from a listing that began after this call; `reaped` is read right
+    /// before a new listing begins. Also the count of reaped pids taken then.
+    fn children(
+        &self,
+        supervisor: i32,
+        reaped: impl FnOnce() -> u64,
+    ) -> Option<(u64, Arc<Vec<i32>>)> {
+        let ticket = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = last.as_ref().filter(|l| l.began_after >= ticket) {
+            return Some((l.reaped_before, l.children.clone()));
+        }
+        // Every request numbered up to here was made before this listing begins.
+        let began_after = self.asked.load(Ordering::SeqCst);
+        let reaped_before = reaped();
+        let children = Arc::new(scan::supervisor_children(supervisor)?);
+        *last = Some(Listing {
+            began_after,
+            reaped_before,
+            children: children.clone(),
+        });
+        Some((reaped_before, children))
+    }
+}
+
 /// Whether an orphan with this mark may belong to the instance with `marker`: it carries the
 /// marker, or nobody can tell.
 fn may_belong(mark: &Mark, marker: &str) -> bool {
@@ -71,8 +121,9 @@ impl Shared {
             return None;
         }
         // Taken before the listing: any listed pid reaped after it is in the log.
-        let since = self.lock().orphans.reaped;
-        let listing = scan::supervisor_children(supervisor)?;
+        let (since, listing) = self
+            .listings
+            .children(supervisor, || self.lock().orphans.reaped)?;
         let mut roots = vec![Vec::new(); markers.len()];
         let assign = |roots: &mut Vec<Vec<i32>>, pid: i32, mark: &Mark| {
             for (marker, roots) in markers.iter().zip(roots.iter_mut()) {
@@ -84,7 +135,8 @@ impl Shared {
         let unknown: Vec<i32> = {
             let reg = self.lock();
             listing
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|pid| !reg.leaders.contains_key(pid))
                 .filter(|pid| match reg.orphans.marks.get(pid) {
                     Some(mark) => {

@@ -504,7 +504,7 @@ impl Owner {
                         let old = std::mem::replace(&mut slot.ring, p.ring.clone());
                         let sup = slot.sup.clone();
                         if !Arc::ptr_eq(&old, &p.ring) {
-                            self.host.forget_logs(&old);
+                            self.host.forget_logs(&name, &old);
                         }
                         let _ = self.host.reconfigure(&sup, p, restart);
                     }
@@ -537,7 +537,7 @@ impl Owner {
             }
             GroupEffect::Forget(id) => {
                 if let Some(slot) = self.slots.get_mut(id.index()).and_then(Option::take) {
-                    self.host.forget_logs(&slot.ring);
+                    self.host.forget_logs(slot.sup.name(), &slot.ring);
                     self.counters
                         .lock()
                         .expect("never poisoned")

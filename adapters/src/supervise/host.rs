@@ -2,6 +2,7 @@
 //! single resource sampler, and the foreground printer. Each supervised process gets its own
 //! machine task and ports on top of it.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,7 +76,8 @@ pub struct Host {
     sampling: Arc<Sampling>,
     printer: mpsc::Sender<PrintLine>,
     next_tag: AtomicU64,
-    rings: Mutex<Vec<(Arc<str>, Arc<LogRing>)>>,
+    /// The output ring of each process, by name (a name's newest process).
+    rings: Mutex<HashMap<Arc<str>, Arc<LogRing>>>,
     /// One event stream for every process (4096 events of buffer in all, not per process).
     events: broadcast::Sender<Arc<Event>>,
     /// The parent of every instance cgroup, created on first use by a spec that asks for
@@ -114,7 +116,7 @@ impl Host {
             sampling,
             printer,
             next_tag: AtomicU64::new(1),
-            rings: Mutex::new(Vec::new()),
+            rings: Mutex::new(HashMap::new()),
             // Shared events: a broadcast channel allocates all its slots up front, and 4096
             // slots of whole events were 700 KB of the supervisor's memory.
             events: broadcast::channel(4096).0,
@@ -179,11 +181,11 @@ impl Host {
     }
 
     /// Forgets the log ring of a process that is no longer supervised, so its memory goes.
-    pub(crate) fn forget_logs(&self, ring: &Arc<LogRing>) {
-        self.rings
-            .lock()
-            .expect("never poisoned")
-            .retain(|(_, r)| !Arc::ptr_eq(r, ring));
+    pub(crate) fn forget_logs(&self, name: &str, ring: &Arc<LogRing>) {
+        let mut rings = self.rings.lock().expect("never poisoned");
+        if rings.get(name).is_some_and(|r| Arc::ptr_eq(r, ring)) {
+            rings.remove(name);
+        }
     }
 
     /// Every event of every process of this host from now on.
@@ -193,19 +195,19 @@ impl Host {
 
     /// The output ring of a supervised process, for `logs`.
     pub fn logs(&self, name: &str) -> Option<Arc<LogRing>> {
-        let rings = self.rings.lock().expect("never poisoned");
-        rings
-            .iter()
-            .rev()
-            .find(|(n, _)| &**n == name)
-            .map(|(_, r)| r.clone())
+        self.rings
+            .lock()
+            .expect("never poisoned")
+            .get(name)
+            .cloned()
     }
 
     /// The one ring per name: a process given a new configuration keeps one entry.
     fn register_logs(&self, p: &Prepared) {
-        let mut rings = self.rings.lock().expect("never poisoned");
-        rings.retain(|(n, _)| **n != *p.name);
-        rings.push((p.name.as_str().into(), p.ring.clone()));
+        self.rings
+            .lock()
+            .expect("never poisoned")
+            .insert(p.name.as_str().into(), p.ring.clone());
     }
 
     /// Validates `spec` and builds everything its task needs, starting nothing: a reload

@@ -5,6 +5,8 @@
  *                        _exit(1): a crash loop whose restart gaps can be read from FILE.
  *   child hold FILE      appends "S <ns> <pid>", then waits for a signal (SIGTERM kills it).
  *   child stubborn FILE  ignores SIGTERM, then appends "S <ns> <pid>" and waits forever.
+ *   child pause          only waits for a signal (SIGTERM kills it): no file, no stamp, the
+ *                        cheapest child there is (bench/up_scale.sh starts thousands).
  *
  * <ns> is CLOCK_MONOTONIC in nanoseconds: the same clock as Rust's Instant and Python's
  * time.monotonic_ns(), so stamps compare with the drivers' own. Each line is one write() on an
@@ -29,6 +31,8 @@ int main(int argc, char **argv) {
     struct timespec first;
     /* The very first instruction that matters: read the clock. */
     clock_gettime(CLOCK_MONOTONIC, &first);
+    if (argc == 2 && strcmp(argv[1], "pause") == 0)
+        for (;;) pause();
     if (argc != 3) return 2;
     int fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) return 2;

@@ -82,14 +82,14 @@ fn drive(g: &mut Group, out: &mut GroupOutcome, now: &mut Timestamp) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("group");
-    group.throughput(Throughput::Elements(INPUTS));
-    group.bench_function("500 members, mixed inputs", |b| {
+    let mut bench = c.benchmark_group("group");
+    bench.throughput(Throughput::Elements(INPUTS));
+    bench.bench_function("500 members, mixed inputs", |b| {
         let (mut g, mut out) = group();
         let mut now = Timestamp::ZERO;
         b.iter(|| black_box(drive(&mut g, &mut out, &mut now)))
     });
-    group.finish();
+    bench.finish();
 }
 
 criterion_group!(benches, bench);

@@ -208,6 +208,9 @@ pub fn up(
             ended_tx,
         ));
         tracing::info!(socket = %socket.display(), processes = config.processes.len(), "up");
+        // Every process holds what it needs; the parsed file is not kept for the daemon's
+        // life (a reload reads it again).
+        drop(config);
         let handler: Arc<dyn Handler> = daemon.clone();
         let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server.run(handler, serving_stopped));

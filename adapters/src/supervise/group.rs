@@ -73,24 +73,6 @@ pub enum GroupError {
     ShuttingDown,
 }
 
-/// Totals since the group started, for metrics.
-#[derive(Clone, Debug, Default)]
-pub struct Counters {
-    /// Transitions into `restarting`, by process and cause.
-    pub restarts: BTreeMap<(String, &'static str), u64>,
-    /// Probe verdicts that failed (liveness and startup thresholds reached, readiness lost),
-    /// by process and probe.
-    pub probe_failures: BTreeMap<(String, &'static str), u64>,
-}
-
-impl Counters {
-    /// Drops the totals of a process that left the group.
-    fn forget(&mut self, name: &str) {
-        self.restarts.retain(|(n, _), _| n != name);
-        self.probe_failures.retain(|(n, _), _| n != name);
-    }
-}
-
 /// What the group machine knows of a member. Its readiness is the *effective* one: a
 /// readiness probe, or `READY=1` for a `notify` process.
 pub(crate) fn member_config(
@@ -121,8 +103,7 @@ pub struct Group {
     view: Arc<RwLock<Vec<Entry>>>,
     events: broadcast::Sender<Arc<Event>>,
     history: Arc<Mutex<VecDeque<Arc<Event>>>>,
-    counters: Arc<Mutex<Counters>>,
-    /// Copies the host's events into the group's history, counters and stream.
+    /// Copies the host's events into the group's history and stream.
     forwarder: JoinHandle<()>,
     owner: JoinHandle<()>,
 }
@@ -149,12 +130,10 @@ impl Group {
     pub fn new(host: Arc<Host>, policy: GroupPolicy) -> Arc<Group> {
         let events = broadcast::channel(4096).0;
         let history = Arc::default();
-        let counters: Arc<Mutex<Counters>> = Arc::default();
         let forwarder = tokio::spawn(forward(
             host.subscribe_all(),
             events.clone(),
             Arc::clone(&history),
-            Arc::clone(&counters),
         ));
         let view: Arc<RwLock<Vec<Entry>>> = Arc::default();
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -168,7 +147,6 @@ impl Group {
             changes_tx,
             clock: TokioClock::new(),
             shutdown_waiters: Vec::new(),
-            counters: counters.clone(),
             prepared: BTreeMap::new(),
             grace: None,
         };
@@ -178,7 +156,6 @@ impl Group {
             view,
             events,
             history,
-            counters,
             forwarder,
             owner,
         })
@@ -276,11 +253,6 @@ impl Group {
             .ok_or_else(|| GroupError::Unknown(name.to_string()))
     }
 
-    /// Restart and probe-failure totals.
-    pub fn counters(&self) -> Counters {
-        self.counters.lock().expect("never poisoned").clone()
-    }
-
     /// Every event of every process from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
@@ -314,7 +286,6 @@ struct Owner {
     changes_tx: mpsc::UnboundedSender<(MemberId, Observed)>,
     clock: TokioClock,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
-    counters: Arc<Mutex<Counters>>,
     /// What the reload being applied built, by name, for its `Supervise` and `Reconfigure`.
     prepared: BTreeMap<String, Prepared>,
     /// The grace override of the stop command being handled.
@@ -538,10 +509,6 @@ impl Owner {
             GroupEffect::Forget(id) => {
                 if let Some(slot) = self.slots.get_mut(id.index()).and_then(Option::take) {
                     self.host.forget_logs(slot.sup.name(), &slot.ring);
-                    self.counters
-                        .lock()
-                        .expect("never poisoned")
-                        .forget(slot.sup.name());
                 }
                 true
             }
@@ -609,12 +576,11 @@ impl Owner {
     }
 }
 
-/// Copies the host's events into the group's stream, history and counters.
+/// Copies the host's events into the group's stream and history.
 async fn forward(
     mut events: broadcast::Receiver<Arc<Event>>,
     to: broadcast::Sender<Arc<Event>>,
     history: Arc<Mutex<VecDeque<Arc<Event>>>>,
-    counters: Arc<Mutex<Counters>>,
 ) {
     use crate::runtime::What;
     loop {
@@ -622,31 +588,6 @@ async fn forward(
             Ok(event) => {
                 if matches!(event.what, What::Ignored { .. }) {
                     continue;
-                }
-                {
-                    let mut c = counters.lock().expect("never poisoned");
-                    let process = event.process.to_string();
-                    match &event.what {
-                        What::Transition {
-                            to: StateName::Restarting,
-                            cause,
-                            ..
-                        } => {
-                            *c.restarts.entry((process.clone(), *cause)).or_default() += 1;
-                            let probe = match *cause {
-                                "liveness_failed" => Some("liveness"),
-                                "startup_failed" => Some("startup"),
-                                _ => None,
-                            };
-                            if let Some(probe) = probe {
-                                *c.probe_failures.entry((process, probe)).or_default() += 1;
-                            }
-                        }
-                        What::Ready { ready: false, .. } => {
-                            *c.probe_failures.entry((process, "readiness")).or_default() += 1;
-                        }
-                        _ => {}
-                    }
                 }
                 {
                     let mut h = history.lock().expect("never poisoned");

@@ -11,7 +11,7 @@ mod spec;
 mod watchers;
 
 pub(crate) use group::member_config;
-pub use group::{Counters, Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport};
+pub use group::{Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport};
 pub use host::{check_spec, Host, HostConfig, SuperviseError};
 /// When a dependent may start; decided by the core's group machine.
 pub use processcontrol_core::{Condition, GroupPolicy};

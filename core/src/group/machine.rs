@@ -344,6 +344,12 @@ impl Group {
         })
     }
 
+    /// Whether a start is still to come for a member: waiting for its gate, or stopping as
+    /// part of a restart of everything.
+    pub fn is_start_pending(&self, id: MemberId) -> bool {
+        self.get(id).is_some_and(|m| counts_as_to_start(m.intent))
+    }
+
     /// Whether a member's start is held back by a dependency.
     pub fn is_waiting(&self, id: MemberId) -> bool {
         self.waiting_for(id).is_some()

@@ -541,7 +541,10 @@ impl Sim {
             self.ids
                 .iter()
                 .map(|(id, name)| {
-                    let waiting = (self.group.is_waiting(*id), self.group.is_stop_pending(*id));
+                    let waiting = (
+                        self.group.is_start_pending(*id),
+                        self.group.is_stop_pending(*id),
+                    );
                     (name.clone(), waiting)
                 })
                 .collect()
@@ -771,8 +774,8 @@ impl Sim {
         if !unchanged.contains(&name) {
             return Ok(());
         }
-        // What was held back before the reload may proceed: a start waiting for its gate, an
-        // ordered stop waiting for its dependents.
+        // What was held back before the reload may proceed: a start waiting for its gate or
+        // for a restart of everything, an ordered stop waiting for its dependents.
         let (start_waiting, stop_pending) = before.get(&name).copied().unwrap_or_default();
         if (what == "start" && start_waiting) || (what == "stop" && stop_pending) {
             return Ok(());

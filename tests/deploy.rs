@@ -268,7 +268,7 @@ depends_on = { crashy = "completed" }
         reasons["crashy"].contains("circuit breaker is open"),
         "{reasons:?}"
     );
-    assert!(reasons["crashy"].contains("exit code 3"), "{reasons:?}");
+    assert!(reasons["crashy"].contains("exited with 3"), "{reasons:?}");
     assert!(
         reasons["after"].contains("waiting for crashy"),
         "{reasons:?}"

@@ -903,3 +903,162 @@ impl SecsForTest for Timestamp {
         Timestamp::from_millis(secs * 1000)
     }
 }
+
+/// Each timed phase names what its deadline is for, and a tick one nanosecond early does
+/// nothing in any of them; the tick at the deadline acts.
+#[test]
+fn every_timed_phase_names_its_deadline_and_waits_for_it() {
+    fn early_tick_does_nothing(d: &mut Drive, kind: DeadlineKind) {
+        let deadline = d.m.poll_timeout().expect("a deadline");
+        assert_eq!(deadline.kind, kind);
+        let before = d.m.clone();
+        let out = d.m.handle(
+            Timestamp::from_nanos(deadline.at.as_nanos() - 1),
+            Input::Tick,
+        );
+        assert!(
+            out.effects.is_empty() && out.notifications.is_empty(),
+            "{kind:?}: {out:?}"
+        );
+        assert_eq!(d.m.state(), before.state(), "{kind:?}");
+        assert_eq!(d.m.poll_timeout(), before.poll_timeout(), "{kind:?}");
+    }
+
+    let mut p = Drive::policy();
+    p.backoff.reset_after = Duration::from_secs(5);
+    p.breaker.max_restarts = 1;
+    p.breaker.cooldown = Cooldown::After(Duration::from_secs(30));
+    let mut d = Drive::new(p);
+    d.start();
+    d.crash(1);
+    early_tick_does_nothing(&mut d, DeadlineKind::Backoff);
+    assert!(matches!(spawn_of(&d.wake()), Some((_, SpawnKind::Restart))));
+    d.spawned();
+    // A crash streak is running: staying up `reset_after` would end it.
+    early_tick_does_nothing(&mut d, DeadlineKind::StableUptime);
+    d.crash(1);
+    assert_eq!(d.m.state(), StateName::BreakerOpen);
+    early_tick_does_nothing(&mut d, DeadlineKind::BreakerCooldown);
+    assert!(matches!(spawn_of(&d.wake()), Some((_, SpawnKind::Trial))));
+    d.spawned();
+    let instance = d.instance();
+    d.input(Input::Stop { grace: None });
+    early_tick_does_nothing(&mut d, DeadlineKind::StopGrace);
+    assert!(has(&d.wake(), Effect::KillGroup { instance }));
+    early_tick_does_nothing(&mut d, DeadlineKind::KillRetry);
+    assert!(has(&d.wake(), Effect::KillGroup { instance }));
+}
+
+/// A transition names the instance it concerns and that instance's pid while it has one.
+#[test]
+fn transitions_name_the_instance_and_its_pid() {
+    fn named(out: &Outcome) -> Option<(Option<Instance>, Option<u32>)> {
+        out.notifications.iter().find_map(|n| match *n {
+            Notification::Transition { instance, pid, .. } => Some((instance, pid)),
+            _ => None,
+        })
+    }
+    let mut d = Drive::new(Drive::policy());
+    assert_eq!(
+        named(&d.input(Input::Start)),
+        Some((Some(Instance(1)), None))
+    );
+    assert_eq!(named(&d.spawned()), Some((Some(Instance(1)), Some(101))));
+    let out = d.input(Input::Stop { grace: None });
+    assert_eq!(named(&out), Some((Some(Instance(1)), Some(101))));
+    d.input(Input::Exited {
+        instance: Instance(1),
+        status: ExitStatus::Signal(15),
+    });
+    let out = d.input(Input::Gone {
+        instance: Instance(1),
+    });
+    assert_eq!(named(&out), Some((Some(Instance(1)), None)));
+}
+
+/// While a stop drains, the first exit of the main process is its last exit; a second report
+/// of an exit changes nothing.
+#[test]
+fn the_first_exit_during_a_stop_is_the_one_kept() {
+    let mut d = Drive::new(Drive::policy());
+    assert_eq!(d.m.newest(), None, "nothing spawned yet");
+    d.start();
+    let instance = d.instance();
+    d.input(Input::Stop { grace: None });
+    let out = d.input(Input::Exited {
+        instance,
+        status: ExitStatus::Signal(15),
+    });
+    assert_eq!(out.ignored(), None);
+    assert_eq!(d.m.last_exit(), Some(ExitStatus::Signal(15)));
+    let out = d.input(Input::Exited {
+        instance,
+        status: ExitStatus::Code(3),
+    });
+    assert_eq!(out.ignored(), Some(IgnoreReason::NotApplicable));
+    assert_eq!(d.m.last_exit(), Some(ExitStatus::Signal(15)));
+    d.input(Input::Gone { instance });
+    assert_eq!(d.m.state(), StateName::Stopped);
+    assert_eq!(d.m.newest(), Some(instance));
+}
+
+/// Among limits exceeded in the same sample with equally severe actions, the first rule in
+/// the policy's order names the cause.
+#[test]
+fn equally_severe_limits_name_the_first_rule() {
+    for (first, second) in [
+        (Resource::Memory, Resource::Fds),
+        (Resource::Fds, Resource::Memory),
+    ] {
+        let mut p = Drive::policy();
+        p.limits.rules = [first, second]
+            .into_iter()
+            .map(|resource| LimitRule {
+                resource,
+                max: 10,
+                sustain: Duration::ZERO,
+                action: LimitAction::Restart,
+            })
+            .collect();
+        let mut d = Drive::new(p);
+        d.start();
+        let out = d.sample(Usage {
+            memory: 11,
+            fds: 11,
+            ..Usage::default()
+        });
+        assert_eq!(
+            out.transition().map(|t| t.2),
+            Some(Cause::Limit {
+                resource: first,
+                action: LimitAction::Restart
+            })
+        );
+    }
+}
+
+/// Probe role sets and the fixed-capacity output lists behave as sets and lists.
+#[test]
+fn role_sets_and_output_lists() {
+    use processcontrol_core::Roles;
+    let both = Roles::NONE
+        .with(ProbeRole::Liveness)
+        .with(ProbeRole::Liveness)
+        .with(ProbeRole::Readiness);
+    assert!(both.contains(ProbeRole::Liveness) && both.contains(ProbeRole::Readiness));
+    assert!(!both.contains(ProbeRole::Startup));
+    assert_eq!(
+        both.iter().collect::<Vec<_>>(),
+        [ProbeRole::Liveness, ProbeRole::Readiness]
+    );
+    assert!(Roles::NONE.is_empty() && !both.is_empty());
+
+    let mut d = Drive::new(Drive::policy());
+    let out = d.input(Input::Start);
+    assert_eq!(out.effects.len(), 1);
+    assert!(!out.effects.is_empty());
+    assert_eq!(out.effects.iter().count(), out.effects.len());
+    let out = d.input(Input::Tick);
+    assert_eq!(out.effects.len(), 0);
+    assert!(out.effects.is_empty());
+}

@@ -365,11 +365,9 @@ impl Machine {
             .instance()
             .or(self.instance())
             .or_else(|| self.newest());
-        let pid = match self.phase {
-            Phase::Live(l) if Some(l.instance) == instance => Some(l.pid),
-            Phase::Draining(d) if Some(d.instance) == instance => d.pid,
-            _ => None,
-        };
+        // A step never moves from one instance with a pid to another: a new instance starts
+        // out spawning. So the current pid, if any, is the named instance's.
+        let pid = self.pid();
         let transition = Notification::Transition {
             from: before,
             to: after,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use processcontrol_core::{
-    ExitStatus, IgnoreReason, Input, Instance, Machine, Notification, Policy, ProbeResult,
-    ProbeRole, RestartCause, Signal, SpawnError, Timestamp, Usage,
+    ExitStatus, IgnoreReason, Input, Instance, Machine, Notification, Policy, ProbeFailure,
+    ProbeResult, ProbeRole, RestartCause, Signal, SpawnError, Timestamp, Usage,
 };
 
 #[test]
@@ -105,6 +105,29 @@ fn facts_read_as_text() {
         SpawnError::InvalidSpec.to_string(),
         "invalid process specification"
     );
+}
+
+/// A probe failure's name (the `reason` in events and metrics) and its text (narration,
+/// `status`), for every kind.
+#[test]
+fn probe_failures_have_names_and_texts() {
+    for (failure, name, text) in [
+        (ProbeFailure::Timeout, "timeout", "timed out"),
+        (ProbeFailure::Refused, "refused", "connection refused"),
+        (ProbeFailure::HttpStatus(503), "http_status", "HTTP 503"),
+        (ProbeFailure::ExitCode(2), "exit_code", "exited with 2"),
+        (
+            ProbeFailure::ExitSignal(9),
+            "exit_signal",
+            "killed by signal 9",
+        ),
+        (ProbeFailure::Dns, "dns", "name not resolved"),
+        (ProbeFailure::Watchdog, "watchdog", "watchdog missed"),
+        (ProbeFailure::Io, "io", "I/O error"),
+    ] {
+        assert_eq!(failure.name(), name);
+        assert_eq!(failure.to_string(), text);
+    }
 }
 
 /// The machine's clock is the latest `now` it was given; an earlier one does not move it back.

@@ -1062,3 +1062,81 @@ fn role_sets_and_output_lists() {
     assert_eq!(out.effects.len(), 0);
     assert!(out.effects.is_empty());
 }
+
+/// Each failure of a probe up to its threshold is reported with its count (`liveness failed
+/// 2/3`); past the threshold a probe that keeps failing is not reported again.
+#[test]
+fn probe_failures_are_counted_up_to_the_threshold() {
+    let mut p = Drive::policy();
+    p.health.readiness = Some(Thresholds {
+        failure_threshold: 3,
+        success_threshold: 1,
+    });
+    let mut d = Drive::new(p);
+    d.start();
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let out = d.probe(
+            ProbeRole::Readiness,
+            ProbeResult::Fail(ProbeFailure::HttpStatus(503)),
+        );
+        counts.extend(out.notifications.iter().filter_map(|n| match *n {
+            Notification::ProbeFailed {
+                role: ProbeRole::Readiness,
+                failure: ProbeFailure::HttpStatus(503),
+                consecutive,
+                threshold: 3,
+                ..
+            } => Some(consecutive),
+            _ => None,
+        }));
+    }
+    assert_eq!(counts, [1, 2, 3]);
+    d.probe(ProbeRole::Readiness, ProbeResult::Pass);
+    let out = d.probe(
+        ProbeRole::Readiness,
+        ProbeResult::Fail(ProbeFailure::Timeout),
+    );
+    assert!(
+        out.notifications
+            .iter()
+            .any(|n| matches!(n, Notification::ProbeFailed { consecutive: 1, .. })),
+        "a pass starts the count again: {out:?}"
+    );
+}
+
+/// A new policy takes effect only when it is valid; an invalid one changes nothing.
+#[test]
+fn reconfigure_refuses_an_invalid_policy() {
+    let mut d = Drive::new(Drive::policy());
+    let mut invalid = Drive::policy();
+    invalid.backoff.factor = 0.5;
+    assert!(d.m.reconfigure(invalid).is_err());
+    assert_eq!(d.m.policy(), &Drive::policy());
+    let mut valid = Drive::policy();
+    valid.breaker.max_restarts = 9;
+    assert_eq!(d.m.reconfigure(valid.clone()), Ok(()));
+    assert_eq!(d.m.policy(), &valid);
+}
+
+/// The last restart's cause is named as events name it, once a restart happened.
+#[test]
+fn the_last_restart_cause_is_named() {
+    let mut d = Drive::new(Drive::policy());
+    d.start();
+    assert_eq!(d.m.last_restart_cause(), None);
+    d.crash(1);
+    d.wake();
+    assert_eq!(d.m.last_restart_cause(), Some("exited"));
+    d.spawned();
+    let instance = d.instance();
+    d.input(Input::Restart {
+        cause: RestartCause::Manual,
+    });
+    d.input(Input::Exited {
+        instance,
+        status: ExitStatus::Signal(15),
+    });
+    d.input(Input::Gone { instance });
+    assert_eq!(d.m.last_restart_cause(), Some("manual_restart"));
+}

@@ -195,13 +195,14 @@ command = "sleep 1000"
 "#,
     )
     .unwrap();
-    let out = d.cli(&["reload"]);
+    let out = d.cli(&["reload", "--json"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &answer["reload"];
     assert_eq!(report["unchanged"], serde_json::json!(["keep"]));
     assert_eq!(report["changed"], serde_json::json!(["change"]));
     assert_eq!(report["removed"], serde_json::json!(["remove"]));

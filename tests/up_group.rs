@@ -215,8 +215,9 @@ readiness = {{ exec = "test -e {flag}", period = "100ms" }}
     });
     std::fs::remove_file(&flag).unwrap();
     let before = d.events().len();
-    // Only web is asked for: db comes first, and web waits until db is healthy.
-    assert!(d.cli(&["start", "web"]).status.success());
+    // Only web is asked for: db comes first, and web waits until db is healthy (not the
+    // client: db becomes healthy only once the test says so).
+    assert!(d.cli(&["start", "web", "--no-wait"]).status.success());
     d.wait_state("db", "running");
     d.wait("web to wait for db", |s| {
         s.iter().any(|p| {

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 
 use crate::human;
 use crate::runtime::{Event, What};
+use crate::supervise::Summary;
 
 /// How long an exit line waits for what follows from it.
 pub const HOLD: Duration = Duration::from_millis(500);
@@ -395,16 +396,18 @@ fn text(event: &Event) -> Option<(String, Tone)> {
     })
 }
 
-/// Narrates every event of `events` in `voice` (an `up` daemon's narration task) until the
-/// stream closes or `until` resolves; then tells what was already published and the held
-/// lines, so a shutdown's last lines are not lost.
+/// Narrates every event of `events`, and the group's `summaries`, in `voice` (an `up`
+/// daemon's narration task) until the streams close or `until` resolves; then tells what was
+/// already published and the held lines, so a shutdown's last lines are not lost.
 pub async fn narrate(
     mut events: broadcast::Receiver<Arc<Event>>,
+    mut summaries: broadcast::Receiver<Arc<Summary>>,
     voice: Voice,
     until: impl std::future::Future<Output = ()>,
 ) {
     let mut narrator = Narrator::new();
     tokio::pin!(until);
+    let mut summaries_open = true;
     loop {
         let due = narrator.next_due();
         let wake = async {
@@ -414,6 +417,8 @@ pub async fn narrate(
             }
         };
         tokio::select! {
+            // The events a summary sums up were published before it: they are told first.
+            biased;
             event = events.recv() => match event {
                 Ok(event) => {
                     for said in narrator.event(&event, Instant::now()) {
@@ -424,6 +429,11 @@ pub async fn narrate(
                     voice.say(None, &format!("narration fell behind: {n} events not told"), Tone::Warn);
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
+            },
+            summary = summaries.recv(), if summaries_open => match summary {
+                Ok(summary) => voice.say(None, &summary.text(), Tone::Info),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => summaries_open = false,
             },
             () = wake => {
                 for said in narrator.due(Instant::now()) {
@@ -436,7 +446,13 @@ pub async fn narrate(
                         voice.said(&said);
                     }
                 }
-                break;
+                for said in narrator.flush() {
+                    voice.said(&said);
+                }
+                while let Ok(summary) = summaries.try_recv() {
+                    voice.say(None, &summary.text(), Tone::Info);
+                }
+                return;
             }
         }
     }

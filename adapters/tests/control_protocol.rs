@@ -22,6 +22,7 @@ fn requests_are_tagged_by_cmd_with_defaults() {
             Request::Start {
                 name: None,
                 all: true,
+                wait_ms: None,
             },
         ),
         (
@@ -30,6 +31,7 @@ fn requests_are_tagged_by_cmd_with_defaults() {
                 name: Some("web".into()),
                 all: false,
                 grace_ms: Some(500),
+                wait_ms: None,
             },
         ),
         (
@@ -38,19 +40,47 @@ fn requests_are_tagged_by_cmd_with_defaults() {
                 name: None,
                 all: true,
                 grace_ms: None,
+                wait_ms: None,
             },
         ),
         (
             r#"{"cmd":"restart","name":"web"}"#,
-            Request::Restart { name: "web".into() },
+            Request::Restart {
+                name: Some("web".into()),
+                all: false,
+                force: false,
+                wait_ms: None,
+            },
+        ),
+        (
+            r#"{"cmd":"restart","all":true,"force":true,"wait_ms":30000}"#,
+            Request::Restart {
+                name: None,
+                all: true,
+                force: true,
+                wait_ms: Some(30_000),
+            },
         ),
         (
             r#"{"cmd":"kill","name":"web"}"#,
-            Request::Kill { name: "web".into() },
+            Request::Kill {
+                name: "web".into(),
+                wait_ms: None,
+            },
         ),
         (
-            r#"{"cmd":"reset","name":"web"}"#,
-            Request::Reset { name: "web".into() },
+            r#"{"cmd":"reset","name":"web","wait_ms":0}"#,
+            Request::Reset {
+                name: "web".into(),
+                wait_ms: Some(0),
+            },
+        ),
+        (
+            r#"{"cmd":"signal","name":"web","signal":"HUP"}"#,
+            Request::Signal {
+                name: "web".into(),
+                signal: "HUP".into(),
+            },
         ),
         (
             r#"{"cmd":"logs","name":"web","lines":100}"#,
@@ -82,8 +112,13 @@ fn requests_are_tagged_by_cmd_with_defaults() {
                 lines: None,
             },
         ),
-        (r#"{"cmd":"reload"}"#, Request::Reload),
-        (r#"{"cmd":"shutdown"}"#, Request::Shutdown),
+        (r#"{"cmd":"reload"}"#, Request::Reload { wait_ms: None }),
+        (
+            r#"{"cmd":"shutdown","wait_ms":5000}"#,
+            Request::Shutdown {
+                wait_ms: Some(5000),
+            },
+        ),
     ];
     for (line, expected) in cases {
         assert_eq!(parse(line).unwrap(), expected, "{line}");
@@ -99,7 +134,8 @@ fn requests_are_tagged_by_cmd_with_defaults() {
             Request::Stop {
                 name: Some("web".into()),
                 all: false,
-                grace_ms: None
+                grace_ms: None,
+                wait_ms: None,
             }
             .to_line()
         )
@@ -113,7 +149,8 @@ fn bad_requests_are_refused() {
     for line in [
         r#"{"cmd":"explode"}"#,
         r#"{"name":"web"}"#,
-        r#"{"cmd":"restart"}"#,
+        r#"{"cmd":"kill"}"#,
+        r#"{"cmd":"signal","name":"web"}"#,
         r#"{"cmd":"logs","follow":true}"#,
         r#"{"cmd":"stop","grace_ms":-5}"#,
         r#"{"cmd":"start","all":"yes"}"#,
@@ -146,6 +183,17 @@ fn follows_says_which_requests_stream() {
     }
     .follows());
     assert!(!Request::Status { name: None }.follows());
+    // A command that waits answers with its outcomes as a stream.
+    assert!(Request::Kill {
+        name: "a".into(),
+        wait_ms: Some(0)
+    }
+    .follows());
+    assert!(!Request::Kill {
+        name: "a".into(),
+        wait_ms: None
+    }
+    .follows());
 }
 
 #[test]

@@ -63,15 +63,15 @@ impl Handler for Fake {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let echo = json!({ "echo": request });
         match &request {
-            Request::Restart { name } if name == "missing" => {
-                Reply::error("no process named missing")
-            }
-            Request::Kill { name } if name == "panic" => panic!("the fake handler panics"),
+            Request::Restart {
+                name: Some(name), ..
+            } if name == "missing" => Reply::error("no process named missing"),
+            Request::Kill { name, .. } if name == "panic" => panic!("the fake handler panics"),
             Request::Status { name: Some(name) } if name == "slow" => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 Reply::ok(echo)
             }
-            Request::Shutdown => {
+            Request::Shutdown { .. } => {
                 if let Some(stop) = self.stop.lock().unwrap().take() {
                     let _ = stop.send(());
                 }
@@ -236,24 +236,43 @@ fn every_plain_request() -> Vec<Request> {
         Request::Start {
             name: Some(name()),
             all: false,
+            wait_ms: None,
         },
         Request::Start {
             name: None,
             all: true,
+            wait_ms: None,
         },
         Request::Stop {
             name: Some(name()),
             all: false,
             grace_ms: Some(1500),
+            wait_ms: None,
         },
         Request::Stop {
             name: None,
             all: true,
             grace_ms: None,
+            wait_ms: None,
         },
-        Request::Restart { name: name() },
-        Request::Kill { name: name() },
-        Request::Reset { name: name() },
+        Request::Restart {
+            name: Some(name()),
+            all: false,
+            force: false,
+            wait_ms: None,
+        },
+        Request::Kill {
+            name: name(),
+            wait_ms: None,
+        },
+        Request::Reset {
+            name: name(),
+            wait_ms: None,
+        },
+        Request::Signal {
+            name: name(),
+            signal: "HUP".into(),
+        },
         Request::Logs {
             name: name(),
             follow: false,
@@ -268,8 +287,8 @@ fn every_plain_request() -> Vec<Request> {
             follow: false,
             lines: None,
         },
-        Request::Reload,
-        Request::Shutdown,
+        Request::Reload { wait_ms: None },
+        Request::Shutdown { wait_ms: None },
     ]
 }
 
@@ -280,7 +299,7 @@ async fn every_request_kind_round_trips() {
     // which stops the fake, comes at the end).
     let mut conn = Connection::connect(&server.path).await.unwrap();
     for req in every_plain_request() {
-        if req == Request::Shutdown {
+        if matches!(req, Request::Shutdown { .. }) {
             continue;
         }
         let expected = Response::Ok(json!({ "echo": req }));
@@ -294,7 +313,10 @@ async fn every_request_kind_round_trips() {
     }
     // A failure is an answer, not a client error.
     let missing = Request::Restart {
-        name: "missing".into(),
+        name: Some("missing".into()),
+        all: false,
+        force: false,
+        wait_ms: None,
     };
     assert_eq!(
         request(&server.path, &missing).await.unwrap(),
@@ -333,7 +355,10 @@ async fn every_request_kind_round_trips() {
         panic!("a plain answer came as a stream");
     };
     assert_eq!(answer, Response::Error("no process named missing".into()));
-    let answer = conn.request(&Request::Shutdown).await.unwrap();
+    let answer = conn
+        .request(&Request::Shutdown { wait_ms: None })
+        .await
+        .unwrap();
     assert_eq!(answer, Response::Ok(json!({"echo": {"cmd": "shutdown"}})));
     timeout(BOUND, server.task.take().unwrap())
         .await
@@ -466,7 +491,9 @@ async fn a_shutdown_request_is_answered_then_the_server_stops() {
     for _ in 0..3 {
         assert!(stream.next().await.unwrap().is_some());
     }
-    let answer = request(&server.path, &Request::Shutdown).await.unwrap();
+    let answer = request(&server.path, &Request::Shutdown { wait_ms: None })
+        .await
+        .unwrap();
     assert_eq!(answer, Response::Ok(json!({"echo": {"cmd": "shutdown"}})));
     // The follower is told, and its handler's sender sees the stream closed.
     match timeout(BOUND, stream.next()).await.unwrap() {
@@ -574,7 +601,7 @@ async fn malformed_json_gets_an_error_and_the_connection_carries_on() {
         b"[1,2,3]\n",
         b"[\"status\"]\n",
         b"{\"cmd\":\"explode\"}\n",
-        b"{\"cmd\":\"restart\"}\n",
+        b"{\"cmd\":\"kill\"}\n",
         b"{\"cmd\":\"stop\",\"grace_ms\":-1}\n",
     ] {
         bad.send(line).await;
@@ -681,6 +708,7 @@ async fn a_panicking_handler_is_an_error_answer() {
         &server.path,
         &Request::Kill {
             name: "panic".into(),
+            wait_ms: None,
         },
     )
     .await

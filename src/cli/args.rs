@@ -52,29 +52,57 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Start a process, or all with --all.
+    /// Start a process (and what it depends on), or all with --all; wait until it is up.
     Start {
         #[command(flatten)]
         target: Target,
         #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
         socket: SocketArg,
     },
-    /// Stop a process, or all with --all, gracefully.
+    /// Stop a process, or all with --all, gracefully; wait until nothing of it is left.
     Stop {
         #[command(flatten)]
         target: Target,
-        #[command(flatten)]
-        socket: SocketArg,
         /// Grace period before the kill [default: the process's stop.grace].
         #[arg(long, value_name = "DURATION", value_parser = duration)]
         grace: Option<Duration>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        socket: SocketArg,
     },
-    /// Replace a process's running instance.
-    Restart(Named),
-    /// Kill a process's whole process group now.
-    Kill(Named),
-    /// Close a process's circuit breaker.
-    Reset(Named),
+    /// Replace a process's running instance (or restart all with --all, in dependency
+    /// order); wait until the new one is up.
+    Restart {
+        #[command(flatten)]
+        target: Target,
+        /// Close the circuit breaker first, so a full restart window does not refuse it.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Kill a process's whole process group now; wait until it is gone.
+    Kill(NamedWait),
+    /// Close a process's circuit breaker (an open one starts it again); wait until it is up.
+    Reset(NamedWait),
+    /// Send a signal to every process of a process's instance (nginx reload: HUP).
+    Signal {
+        /// The process.
+        name: String,
+        /// The signal: HUP, SIGHUP or hup; also INT, QUIT, TERM, KILL, USR1, USR2, WINCH...
+        #[arg(value_parser = signal)]
+        signal: Signal,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Show a process's recent output.
     Logs {
         /// The process.
@@ -85,6 +113,9 @@ pub enum Command {
         /// How many recent lines.
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: usize,
+        /// Print each line as a JSON object (`time`, `stream`, `text`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -99,10 +130,22 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Re-read the config file: changed processes restart, new ones start, removed ones stop.
-    Reload(SocketArg),
-    /// Stop every process (in reverse dependency order) and the daemon.
-    Shutdown(SocketArg),
+    /// Re-read the config file: changed processes restart, new ones start, removed ones stop;
+    /// wait until each is done.
+    Reload {
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Stop every process (in reverse dependency order) and the daemon; wait until all are
+    /// stopped.
+    Shutdown {
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// Print a completion script for a shell: `source <(processcontrol completions bash)`,
     /// or save it where the shell looks (bash, zsh, fish; also elvish and powershell).
     Completions {
@@ -177,13 +220,40 @@ pub struct Target {
     pub all: bool,
 }
 
-/// One process name.
+/// One process name, for a command that waits.
 #[derive(Debug, Args)]
-pub struct Named {
+pub struct NamedWait {
     /// The process.
     pub name: String,
     #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
     pub socket: SocketArg,
+}
+
+/// How a client command waits for its outcome, and prints it.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Return once the daemon took the command, without waiting for its outcome.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// How long to wait for the outcome; then exit 124 naming what the process is doing.
+    #[arg(long, value_name = "DURATION", value_parser = duration, default_value = "30s", conflicts_with = "no_wait")]
+    pub timeout: Duration,
+    /// Print the outcome as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl WaitArgs {
+    /// `wait_ms` of the request: 0 for `--no-wait`.
+    pub fn wait_ms(&self) -> u64 {
+        if self.no_wait {
+            0
+        } else {
+            u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)
+        }
+    }
 }
 
 /// `processcontrol run [OPTIONS] -- PROGRAM [ARGS]...`

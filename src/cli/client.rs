@@ -1,17 +1,147 @@
 //! The client subcommands: one request to the daemon's control socket, the answer printed for
-//! people (or as JSON with `--json`), and a plain message when no daemon is listening.
+//! people (or as JSON with `--json`), and a plain message when no daemon is listening. A command
+//! (`start`, `stop`, `restart`...) waits for its outcome, which the daemon observes and
+//! streams: one line per process as soon as it is known.
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use processcontrol::adapters::control::{self, Request};
 use processcontrol::adapters::human;
 use serde_json::Value;
 
+use super::args::WaitArgs;
 use super::exit;
 
-/// Exit status when the daemon answered with an error or could not be reached.
+/// Exit status when the daemon answered with an error or could not be reached, or a
+/// command's target was not reached.
 pub const FAILED: u8 = 1;
+
+/// Exit status when a command's outcome did not come within `--timeout` (as `timeout(1)`).
+pub const TIMED_OUT: u8 = 124;
+
+/// How much longer than `--timeout` the client waits for the daemon's last word: the daemon
+/// ends the answer at the timeout itself; this only bounds a daemon that is wedged.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Sends a command and prints one line per process as each outcome comes (or, with
+/// `--json`, one object at the end); the exit status says whether every target was reached.
+pub fn command(socket: &Path, request: Request, wait: &WaitArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return exit::usage(&format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let mut told = Told::new(wait.json);
+        let bound = wait.timeout + GRACE;
+        let error = match tokio::time::timeout(bound, told.ask(socket, &request)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!(
+                "the daemon did not finish its answer within {}",
+                human::duration(bound)
+            )),
+        };
+        told.finish(error)
+    })
+}
+
+/// What the daemon told of a command so far.
+struct Told {
+    json: bool,
+    outcomes: Vec<Value>,
+    summary: Option<String>,
+    reload: Option<Value>,
+}
+
+impl Told {
+    fn new(json: bool) -> Told {
+        Told {
+            json,
+            outcomes: Vec::new(),
+            summary: None,
+            reload: None,
+        }
+    }
+
+    /// Reads the answer to the end, printing each line as it comes.
+    async fn ask(&mut self, socket: &Path, request: &Request) -> Result<(), String> {
+        let stream = control::request_stream(socket, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = match stream {
+            control::Streamed::Stream(stream) => stream,
+            control::Streamed::Response(response) => {
+                let item = response.into_result()?;
+                self.take(item);
+                return Ok(());
+            }
+        };
+        while let Some(item) = stream.next().await.map_err(|e| e.to_string())? {
+            self.take(item);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, item: Value) {
+        if let Some(summary) = item.get("summary").and_then(Value::as_str) {
+            if !self.json {
+                println!("{summary}");
+            }
+            self.summary = Some(summary.to_string());
+        } else if let Some(report) = item.get("reload") {
+            self.reload = Some(report.clone());
+        } else {
+            if !self.json {
+                let message = item["message"].as_str().unwrap_or_default();
+                if item["ok"] == Value::Bool(true) {
+                    println!("{message}");
+                } else {
+                    eprintln!("{message}");
+                }
+            }
+            self.outcomes.push(item);
+        }
+    }
+
+    /// Prints the JSON object (with `--json`) and gives the exit status.
+    fn finish(self, error: Option<String>) -> u8 {
+        let failed: Vec<&Value> = self
+            .outcomes
+            .iter()
+            .filter(|o| o["ok"] != Value::Bool(true))
+            .collect();
+        let code = if error.is_some() || failed.iter().any(|o| o["outcome"] != "timeout") {
+            FAILED
+        } else if !failed.is_empty() {
+            TIMED_OUT
+        } else {
+            0
+        };
+        if self.json {
+            let mut object = serde_json::Map::new();
+            object.insert("ok".into(), Value::Bool(code == 0));
+            object.insert("processes".into(), Value::Array(self.outcomes));
+            if let Some(summary) = self.summary {
+                object.insert("summary".into(), Value::String(summary));
+            }
+            if let Some(report) = self.reload {
+                object.insert("reload".into(), report);
+            }
+            if let Some(error) = &error {
+                object.insert("error".into(), Value::String(error.clone()));
+            }
+            println!("{}", Value::Object(object));
+        } else if let Some(error) = &error {
+            eprintln!("processcontrol: {error}");
+        }
+        code
+    }
+}
 
 /// Sends one request and prints the answer; `json` prints it raw.
 pub fn call(socket: &Path, request: Request, json: bool) -> u8 {
@@ -24,7 +154,7 @@ pub fn call(socket: &Path, request: Request, json: bool) -> u8 {
     };
     runtime.block_on(async move {
         if request.follows() {
-            return follow(socket, &request).await;
+            return follow(socket, &request, json).await;
         }
         let is_status = matches!(request, Request::Status { .. });
         let is_stream_like = matches!(request, Request::Logs { .. } | Request::Events { .. });
@@ -38,20 +168,20 @@ pub fn call(socket: &Path, request: Request, json: bool) -> u8 {
                     eprintln!("processcontrol: {message}");
                     FAILED
                 }
+                Ok(Value::Array(items)) if is_stream_like => {
+                    for item in items {
+                        if !print_item(&item, json) {
+                            break;
+                        }
+                    }
+                    0
+                }
                 Ok(value) if json => {
                     println!("{value}");
                     0
                 }
                 Ok(value) if is_status => {
                     print_status_table(&value);
-                    0
-                }
-                Ok(Value::Array(items)) if is_stream_like => {
-                    for item in items {
-                        if !print_item(&item) {
-                            break;
-                        }
-                    }
                     0
                 }
                 Ok(value) => {
@@ -63,7 +193,7 @@ pub fn call(socket: &Path, request: Request, json: bool) -> u8 {
     })
 }
 
-async fn follow(socket: &Path, request: &Request) -> u8 {
+async fn follow(socket: &Path, request: &Request, json: bool) -> u8 {
     let mut stream = match control::request_stream(socket, request).await {
         Ok(control::Streamed::Stream(stream)) => stream,
         Ok(control::Streamed::Response(response)) => {
@@ -87,7 +217,7 @@ async fn follow(socket: &Path, request: &Request) -> u8 {
     loop {
         match stream.next().await {
             // The reader left (`| head`): so do we.
-            Ok(Some(item)) if !print_item(&item) => return 0,
+            Ok(Some(item)) if !print_item(&item, json) => return 0,
             Ok(Some(_)) => {}
             Ok(None) => return 0,
             Err(e) => {
@@ -98,12 +228,12 @@ async fn follow(socket: &Path, request: &Request) -> u8 {
     }
 }
 
-/// A log line as `time stream text`; an event as its JSON line. `false` once stdout is
-/// closed.
-fn print_item(item: &Value) -> bool {
+/// A log line as `time stream text` (as JSON with `json`); an event as its JSON line. `false`
+/// once stdout is closed.
+fn print_item(item: &Value, json: bool) -> bool {
     let mut out = std::io::stdout().lock();
     match (item.get("text"), item.get("stream")) {
-        (Some(Value::String(text)), Some(Value::String(stream))) => {
+        (Some(Value::String(text)), Some(Value::String(stream))) if !json => {
             let time = item.get("time").and_then(Value::as_str).unwrap_or("");
             writeln!(out, "{time} {stream} {text}")
         }

@@ -108,39 +108,80 @@ pub fn main() -> u8 {
         } => client::call(&socket(s), Request::Status { name }, json),
         Command::Start {
             target: t,
+            wait,
             socket: s,
-        } => client::call(
-            &socket(s),
-            Request::Start {
+        } => {
+            let request = Request::Start {
                 name: t.name,
                 all: t.all,
-            },
-            false,
-        ),
+                wait_ms: Some(wait.wait_ms()),
+            };
+            client::command(&socket(s), request, &wait)
+        }
         Command::Stop {
             target: t,
-            socket: s,
             grace,
-        } => client::call(
-            &socket(s),
-            Request::Stop {
+            wait,
+            socket: s,
+        } => {
+            let request = Request::Stop {
                 name: t.name,
                 all: t.all,
                 grace_ms: grace.map(|g| u64::try_from(g.as_millis()).unwrap_or(u64::MAX)),
-            },
-            false,
-        ),
-        Command::Restart(n) => {
-            client::call(&socket(n.socket), Request::Restart { name: n.name }, false)
+                wait_ms: Some(wait.wait_ms()),
+            };
+            client::command(&socket(s), request, &wait)
         }
-        Command::Kill(n) => client::call(&socket(n.socket), Request::Kill { name: n.name }, false),
+        Command::Restart {
+            target: t,
+            force,
+            wait,
+            socket: s,
+        } => {
+            let request = Request::Restart {
+                name: t.name,
+                all: t.all,
+                force,
+                wait_ms: Some(wait.wait_ms()),
+            };
+            client::command(&socket(s), request, &wait)
+        }
+        Command::Kill(n) => {
+            let request = Request::Kill {
+                name: n.name,
+                wait_ms: Some(n.wait.wait_ms()),
+            };
+            client::command(&socket(n.socket), request, &n.wait)
+        }
         Command::Reset(n) => {
-            client::call(&socket(n.socket), Request::Reset { name: n.name }, false)
+            let request = Request::Reset {
+                name: n.name,
+                wait_ms: Some(n.wait.wait_ms()),
+            };
+            client::command(&socket(n.socket), request, &n.wait)
+        }
+        Command::Signal {
+            name,
+            signal,
+            json,
+            socket: s,
+        } => {
+            let request = Request::Signal {
+                name,
+                signal: signal.name().to_string(),
+            };
+            let wait = args::WaitArgs {
+                no_wait: true,
+                timeout: std::time::Duration::ZERO,
+                json,
+            };
+            client::command(&socket(s), request, &wait)
         }
         Command::Logs {
             name,
             follow,
             lines,
+            json,
             socket: s,
         } => client::call(
             &socket(s),
@@ -149,15 +190,25 @@ pub fn main() -> u8 {
                 follow,
                 lines: Some(lines),
             },
-            false,
+            json,
         ),
         Command::Events {
             follow,
             lines,
             socket: s,
         } => client::call(&socket(s), Request::Events { follow, lines }, false),
-        Command::Reload(s) => client::call(&socket(s), Request::Reload, false),
-        Command::Shutdown(s) => client::call(&socket(s), Request::Shutdown, false),
+        Command::Reload { wait, socket: s } => {
+            let request = Request::Reload {
+                wait_ms: Some(wait.wait_ms()),
+            };
+            client::command(&socket(s), request, &wait)
+        }
+        Command::Shutdown { wait, socket: s } => {
+            let request = Request::Shutdown {
+                wait_ms: Some(wait.wait_ms()),
+            };
+            client::command(&socket(s), request, &wait)
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(

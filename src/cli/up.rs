@@ -3,7 +3,8 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use processcontrol::adapters::config::{self, Config};
@@ -12,11 +13,13 @@ use processcontrol::adapters::http;
 use processcontrol::adapters::logs::EchoFormat;
 use processcontrol::adapters::narrate::{self, Voice};
 use processcontrol::adapters::supervise::{
-    check_spec, descriptors, Echo, Group, GroupPolicy, Host, HostConfig, Member,
+    check_spec, descriptors, wait, Answer, Echo, Group, GroupPolicy, Host, HostConfig, Member,
+    Order,
 };
 use serde_json::{json, Value};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
 
 use super::ending::{self, EndWhen, Ending};
 use super::exit;
@@ -157,22 +160,28 @@ pub fn up(
             Ok(host) => host,
             Err(e) => return exit::usage(&e.to_string()),
         };
-        let (narrated, narration_end) = tokio::sync::oneshot::channel::<()>();
-        let narration = tokio::spawn(narrate::narrate(host.subscribe_all(), voice, async {
-            let _ = narration_end.await;
-        }));
         let group = Group::new(
             host.clone(),
             GroupPolicy {
                 shutdown_grace: config.supervisor.shutdown_grace,
             },
         );
+        let (narrated, narration_end) = tokio::sync::oneshot::channel::<()>();
+        let narration = tokio::spawn(narrate::narrate(
+            host.subscribe_all(),
+            group.subscribe_summaries(),
+            voice,
+            async {
+                let _ = narration_end.await;
+            },
+        ));
         let daemon = Arc::new(Daemon {
             group: group.clone(),
             host,
             config_path: config_path.clone(),
             echo: echo.clone(),
             shutdown: Notify::new(),
+            shutdown_answers: Mutex::default(),
         });
         // Bound before anything starts: a second daemon on the same socket fails early.
         let server = match control::Server::bind(&socket).await {
@@ -249,6 +258,12 @@ pub fn up(
         // The narration tells the shutdown's last events before the daemon exits.
         let _ = narrated.send(());
         let _ = narration.await;
+        // The clients waiting for the shutdown get their last lines before the socket closes:
+        // each answer is complete once its task ends (bounded: every process is at rest).
+        let answers = std::mem::take(&mut *daemon.shutdown_answers.lock().expect("never poisoned"));
+        for answer in answers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
+        }
         // The control socket answers status until every process is down.
         let _ = stop_serving.send(());
         let _ = serving.await;
@@ -264,33 +279,76 @@ struct Daemon {
     config_path: PathBuf,
     echo: EchoFormat,
     shutdown: Notify,
+    /// The tasks answering `shutdown` clients: the daemon lets them finish before it stops
+    /// serving, so each client gets its summary.
+    shutdown_answers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Daemon {
-    async fn reload(&self) -> Result<Value, String> {
+    /// The configuration file again, validated as `up` validates it.
+    fn load(&self) -> Result<Vec<Member>, String> {
         let config = config::load(&self.config_path).map_err(|e| e.to_string())?;
         for p in &config.processes {
             check_spec(&p.spec).map_err(|e| e.to_string())?;
         }
         fits(&config).map_err(|e| e.to_string())?;
-        let report = self
-            .group
-            .apply(members(&config, &self.echo))
-            .await
-            .map_err(|e| e.to_string())?;
+        Ok(members(&config, &self.echo))
+    }
+
+    async fn reload(&self) -> Result<Value, String> {
+        let members = self.load()?;
+        let report = self.group.apply(members).await.map_err(|e| e.to_string())?;
         serde_json::to_value(report).map_err(|e| e.to_string())
     }
 
-    /// Runs `f` on the named process: commands that concern it alone.
-    fn one(
-        &self,
-        name: &str,
-        f: impl Fn(&processcontrol::Supervisor) -> Result<(), processcontrol::CommandError>,
-    ) -> Result<Value, String> {
-        let sup = self.group.get(name).map_err(|e| e.to_string())?;
-        f(&sup).map_err(|e| e.to_string())?;
-        Ok(json!({ "processes": [name] }))
+    /// Carries out a command; with `wait_ms` the answer is the stream of its outcomes, else
+    /// (a client of the first protocol) the names it concerns, at once.
+    async fn order(&self, order: Order, wait_ms: Option<u64>) -> Reply {
+        match self.group.order(order, wait(wait_ms)).await {
+            Ok(answer) => answered(answer, wait_ms).await,
+            Err(e) => Reply::error(e),
+        }
     }
+
+    fn signal(&self, name: &str, signal: &str) -> Reply {
+        let signal = match signal.parse::<processcontrol::Signal>() {
+            Ok(signal) => signal,
+            Err(e) => return Reply::error(e),
+        };
+        let sup = match self.group.get(name) {
+            Ok(sup) => sup,
+            Err(e) => return Reply::error(e),
+        };
+        let before = sup.status();
+        if before.pid.is_some() {
+            if let Err(e) = sup.forward(signal) {
+                return Reply::error(e);
+            }
+        }
+        Reply::ok(wait::signalled(&before, signal.name()))
+    }
+}
+
+/// How long a command waits for its outcome: not at all with `wait_ms` 0 (`--no-wait`) or
+/// absent.
+fn wait(wait_ms: Option<u64>) -> Option<Duration> {
+    wait_ms.filter(|ms| *ms > 0).map(Duration::from_millis)
+}
+
+/// The answer as the client asked for it: the stream of items, or (without `wait_ms`) the
+/// names of the processes concerned.
+async fn answered(answer: Answer, wait_ms: Option<u64>) -> Reply {
+    let Answer { mut items, .. } = answer;
+    if wait_ms.is_some() {
+        return Reply::Stream(items);
+    }
+    let mut processes = Vec::new();
+    while let Some(item) = items.recv().await {
+        if let Some(name) = item.get("process") {
+            processes.push(name.clone());
+        }
+    }
+    Reply::ok(json!({ "processes": processes }))
 }
 
 /// The process a command names, or every one with `all` (exactly one of them).
@@ -302,46 +360,49 @@ fn target(name: Option<String>, all: bool) -> Result<Option<String>, String> {
     }
 }
 
-fn names(result: Result<Vec<String>, impl std::fmt::Display>) -> Result<Value, String> {
-    result
-        .map(|names| json!({ "processes": names }))
-        .map_err(|e| e.to_string())
-}
-
 #[async_trait]
 impl Handler for Daemon {
     async fn handle(&self, request: Request) -> Reply {
         let done = |r: Result<Value, String>| Reply::Done(r);
         match request {
-            Request::Status { name } => {
-                let all = self.group.status();
-                let selected: Vec<_> = all
-                    .into_iter()
-                    .filter(|s| name.as_deref().is_none_or(|n| &*s.status.name == n))
-                    .collect();
-                if let (Some(name), true) = (&name, selected.is_empty()) {
-                    return done(Err(format!("no process named {name:?}")));
-                }
-                done(serde_json::to_value(selected).map_err(|e| e.to_string()))
+            Request::Status { name: None } => {
+                done(serde_json::to_value(self.group.status()).map_err(|e| e.to_string()))
             }
-            Request::Start { name, all } => match target(name, all) {
-                Ok(name) => done(names(self.group.start(name.as_deref()).await)),
+            Request::Status { name: Some(name) } => {
+                let all = self.group.status();
+                let Some(one) = all.into_iter().find(|s| *s.status.name == *name) else {
+                    return done(Err(format!("no process named {name:?}")));
+                };
+                done(serde_json::to_value([one]).map_err(|e| e.to_string()))
+            }
+            Request::Start { name, all, wait_ms } => match target(name, all) {
+                Ok(name) => self.order(Order::Start(name), wait_ms).await,
                 Err(e) => done(Err(e)),
             },
             Request::Stop {
                 name,
                 all,
                 grace_ms,
+                wait_ms,
             } => match target(name, all) {
                 Ok(name) => {
-                    let grace = grace_ms.map(std::time::Duration::from_millis);
-                    done(names(self.group.stop(name.as_deref(), grace).await))
+                    let grace = grace_ms.map(Duration::from_millis);
+                    self.order(Order::Stop(name, grace), wait_ms).await
                 }
                 Err(e) => done(Err(e)),
             },
-            Request::Restart { name } => done(self.one(&name, |s| s.restart())),
-            Request::Kill { name } => done(self.one(&name, |s| s.kill())),
-            Request::Reset { name } => done(self.one(&name, |s| s.reset_breaker())),
+            Request::Restart {
+                name,
+                all,
+                force,
+                wait_ms,
+            } => match target(name, all) {
+                Ok(name) => self.order(Order::Restart(name, force), wait_ms).await,
+                Err(e) => done(Err(e)),
+            },
+            Request::Kill { name, wait_ms } => self.order(Order::Kill(name), wait_ms).await,
+            Request::Reset { name, wait_ms } => self.order(Order::Reset(name), wait_ms).await,
+            Request::Signal { name, signal } => self.signal(&name, &signal),
             Request::Logs {
                 name,
                 follow,
@@ -407,10 +468,33 @@ impl Handler for Daemon {
                 });
                 Reply::Stream(rx)
             }
-            Request::Reload => done(self.reload().await),
-            Request::Shutdown => {
+            Request::Reload { wait_ms: None } => done(self.reload().await),
+            Request::Reload { wait_ms } => {
+                let members = match self.load() {
+                    Ok(members) => members,
+                    Err(e) => return done(Err(e)),
+                };
+                match self.group.reload(members, wait(wait_ms)).await {
+                    Ok(answer) => answered(answer, wait_ms).await,
+                    Err(e) => Reply::error(e),
+                }
+            }
+            Request::Shutdown { wait_ms: None } => {
                 self.shutdown.notify_one();
                 done(Ok(json!({ "shutting_down": true })))
+            }
+            Request::Shutdown { wait_ms } => {
+                let answer = match self.group.watch_shutdown(wait(wait_ms)) {
+                    Ok(answer) => answer,
+                    Err(e) => return Reply::error(e),
+                };
+                self.shutdown.notify_one();
+                let Answer { items, task } = answer;
+                self.shutdown_answers
+                    .lock()
+                    .expect("never poisoned")
+                    .push(task);
+                Reply::Stream(items)
             }
         }
     }

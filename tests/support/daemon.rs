@@ -23,17 +23,36 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &str) -> Daemon {
+        Daemon::spawn(config, false)
+    }
+
+    /// A daemon whose stderr (its narration) goes to a file, read by [`Daemon::narration`].
+    pub fn start_narrating(config: &str) -> Daemon {
+        Daemon::spawn(config, true)
+    }
+
+    /// What the daemon wrote on stderr so far (for [`Daemon::start_narrating`]).
+    pub fn narration(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.stderr")).unwrap_or_default()
+    }
+
+    fn spawn(config: &str, narrating: bool) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("pc.sock");
         let path = dir.path().join("processcontrol.toml");
         std::fs::write(&path, config).unwrap();
+        let stderr = if narrating {
+            Stdio::from(std::fs::File::create(dir.path().join("up.stderr")).unwrap())
+        } else {
+            Stdio::inherit()
+        };
         let child = Command::new(BIN)
             .args(["up", "-c"])
             .arg(&path)
             .arg("--socket")
             .arg(&socket)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let d = Daemon {

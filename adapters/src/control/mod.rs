@@ -32,9 +32,16 @@
 //! {"cmd":"stop","name":"web","grace_ms":500} {"cmd":"stop","all":true}
 //! {"cmd":"restart","name":"web"}            {"cmd":"kill","name":"web"}
 //! {"cmd":"reset","name":"web"}              {"cmd":"reload"}   {"cmd":"shutdown"}
+//! {"cmd":"restart","all":true,"force":true} {"cmd":"signal","name":"web","signal":"HUP"}
 //! {"cmd":"logs","name":"web","lines":100}   {"cmd":"logs","name":"web","follow":true}
-//! {"cmd":"events","follow":true}
+//! {"cmd":"events","follow":true}            {"cmd":"restart","name":"web","wait_ms":30000}
 //! ```
+//!
+//! A command (`start`, `stop`, `restart`, `kill`, `reset`, `reload`, `shutdown`) with
+//! `wait_ms` is answered with a stream: one outcome per process as soon as the daemon sees it
+//! (see [`crate::supervise::wait`]), at the latest after `wait_ms` (a timeout); `wait_ms: 0`
+//! tells only what is known at once. Without `wait_ms` it is answered at once with the names
+//! it concerns, `{"processes":["web"]}`. The CLI always sends `wait_ms`.
 //!
 //! The daemon answers every request with exactly one line ([`Frame`]):
 //!

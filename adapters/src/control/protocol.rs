@@ -27,6 +27,9 @@ pub enum Request {
         /// Every process (instead of `name`).
         #[serde(default)]
         all: bool,
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     /// Stops one process, or all of them with `all`, gracefully.
     Stop {
@@ -39,21 +42,48 @@ pub enum Request {
         /// The grace period before the kill, in milliseconds; the policy's if absent.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_ms: Option<u64>,
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
-    /// Replaces the running instance of a process.
+    /// Replaces the running instance of one process, or restarts all of them with `all`
+    /// (stopped dependents first, started in dependency order).
     Restart {
         /// The process.
-        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Every process (instead of `name`).
+        #[serde(default)]
+        all: bool,
+        /// Close the breaker first (an operator's override of a full restart window).
+        #[serde(default)]
+        force: bool,
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     /// Kills every process of a process's instance now.
     Kill {
         /// The process.
         name: String,
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
     },
     /// Closes a process's circuit breaker.
     Reset {
         /// The process.
         name: String,
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
+    },
+    /// Passes a signal to every process of a process's current instance.
+    Signal {
+        /// The process.
+        name: String,
+        /// The signal: `HUP`, `SIGHUP` or `hup`.
+        signal: String,
     },
     /// The last lines of a process's output, and with `follow` every new one.
     Logs {
@@ -76,19 +106,47 @@ pub enum Request {
         lines: Option<usize>,
     },
     /// Re-reads the configuration.
-    Reload,
+    Reload {
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
+    },
     /// Stops every process and the daemon.
-    Shutdown,
+    Shutdown {
+        /// How to answer: see [`Request::waits`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_ms: Option<u64>,
+    },
 }
 
 impl Request {
-    /// Whether the request asks for a stream (`logs` or `events` with `follow`); the CLI
-    /// uses [`request_stream`](super::request_stream) for these.
+    /// Whether the request asks for a stream (`logs` or `events` with `follow`, a command
+    /// that waits); the CLI uses [`request_stream`](super::request_stream) for these.
     pub fn follows(&self) -> bool {
         matches!(
             self,
             Request::Logs { follow: true, .. } | Request::Events { follow: true, .. }
-        )
+        ) || self.waits().is_some()
+    }
+
+    /// How long the client waits for a command's outcome, in milliseconds, if it asked to.
+    ///
+    /// A command without `wait_ms` is answered once it is handed over, with the names it
+    /// concerns. With `wait_ms`, the answer is a stream: one outcome per process as soon as
+    /// it is known (the target state reached, or shown not to be reached: a breaker that
+    /// opened, a failed spawn, an exit), each at the latest when `wait_ms` has passed (then a
+    /// timeout); `wait_ms: 0` says only what is known at once. See docs/cli.md for the items.
+    pub fn waits(&self) -> Option<u64> {
+        match self {
+            Request::Start { wait_ms, .. }
+            | Request::Stop { wait_ms, .. }
+            | Request::Restart { wait_ms, .. }
+            | Request::Kill { wait_ms, .. }
+            | Request::Reset { wait_ms, .. }
+            | Request::Reload { wait_ms }
+            | Request::Shutdown { wait_ms } => *wait_ms,
+            _ => None,
+        }
     }
 
     /// Reads one request line (without its newline), as the daemon does; the error is

@@ -449,6 +449,10 @@ impl Connection {
                     let mut scratch = [0u8; 512];
                     loop {
                         tokio::select! {
+                            // What the handler already sent goes out before a stop is
+                            // heeded: a stream that ended before the server stopped ends
+                            // whole (a `shutdown` client gets its last lines).
+                            biased;
                             item = items.recv() => match item {
                                 Some(v) => if send(&mut write, &Frame::Line(v)).await.is_err() {
                                     return;

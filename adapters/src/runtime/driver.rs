@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::event::{role_index, Context, Event, What};
 use super::handle::{Observer, Reconfiguration};
-use super::status::{breaker_name, Status, Tallies};
+use super::status::{action_name, breaker_name, ProbeHistory, Status, Tallies, Verdict};
 use crate::ports::{Mail, Ports, Reporter};
 
 pub(crate) struct Driver {
@@ -43,6 +43,10 @@ pub(crate) struct Driver {
     pub(crate) observed: Option<Observed>,
     /// A new configuration waiting for the current instance to be gone.
     pub(crate) pending: Option<Box<Reconfiguration>>,
+    /// When the last instance's main process ended, for status.
+    pub(crate) exit_time: Option<SystemTime>,
+    /// The last verdicts of each probe, for status; copied only when a probe reports.
+    pub(crate) probes: Arc<ProbeHistory>,
 }
 
 impl Driver {
@@ -152,6 +156,13 @@ impl Driver {
         for effect in &outcome.effects {
             self.execute(*effect).await;
         }
+        let ignored = outcome
+            .notifications
+            .iter()
+            .any(|n| matches!(n, Notification::Ignored { .. }));
+        if !ignored {
+            self.remember(input);
+        }
         self.tally(&outcome.notifications);
         let notifications: Vec<Notification> = outcome.notifications.iter().copied().collect();
         let cx = Context {
@@ -175,6 +186,31 @@ impl Driver {
             self.last_error = Some((reason, SystemTime::now()));
         }
         self.publish_status(now);
+    }
+
+    /// Keeps what status tells of a fact the machine took: when the main process exited, and
+    /// each probe's verdict with what it saw.
+    fn remember(&mut self, input: Input) {
+        match input {
+            Input::Exited { .. } => self.exit_time = Some(SystemTime::now()),
+            Input::Probe { role, result, .. } => {
+                let ok = matches!(result, processcontrol_core::ProbeResult::Pass);
+                let reason = (!ok).then(|| {
+                    self.probe_details[role_index(role)]
+                        .as_deref()
+                        .map_or_else(|| "failed".to_string(), str::to_string)
+                });
+                Arc::make_mut(&mut self.probes).record(
+                    role,
+                    Verdict {
+                        time: SystemTime::now(),
+                        ok,
+                        reason,
+                    },
+                );
+            }
+            _ => {}
+        }
     }
 
     async fn execute(&mut self, effect: Effect) {
@@ -275,6 +311,13 @@ impl Driver {
             .up_since()
             .map(|since| SystemTime::now() - now.saturating_since(since));
         let usage = self.usage.filter(|_| m.instance().is_some());
+        // The machine's deadlines as wall-clock times.
+        let wall = |at: Timestamp| SystemTime::now() + at.saturating_since(now);
+        let next_trial = match m.breaker() {
+            processcontrol_core::BreakerStatus::Open { until: Some(at) } => Some(wall(at)),
+            _ => None,
+        };
+        let next = m.poll_timeout();
         self.status.send_replace(Status {
             name: self.name.clone(),
             state: m.state(),
@@ -287,6 +330,11 @@ impl Driver {
             ready: m.ready(),
             has_readiness: m.policy().health.readiness.is_some(),
             exit: m.last_exit(),
+            exit_time: self.exit_time,
+            next_trial,
+            next_action: next.map(|d| action_name(d.kind)),
+            next_action_time: next.map(|d| wall(d.at)),
+            newest: m.newest().map_or(0, |i| i.0),
             last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
             last_error_time: self
                 .last_error
@@ -294,6 +342,8 @@ impl Driver {
                 .map(|(_, t)| humantime::format_rfc3339_millis(*t).to_string()),
             rss: usage.map(|u| u.memory),
             cpu: usage.and_then(|u| u.cpu),
+            usage,
+            probes: self.probes.clone(),
         });
     }
 }

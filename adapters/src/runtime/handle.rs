@@ -116,6 +116,8 @@ impl Supervisor {
             observer,
             observed: None,
             pending: None,
+            exit_time: None,
+            probes: Arc::default(),
         };
         let task = tokio::spawn(Box::new(driver).run());
         Ok(Supervisor {

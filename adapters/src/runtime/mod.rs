@@ -6,10 +6,10 @@ mod event;
 mod handle;
 mod status;
 
-pub use event::{now_rfc3339, Event, What};
+pub use event::{exit_reason, now_rfc3339, Event, What};
 pub(crate) use handle::Reconfiguration;
 pub use handle::{CommandError, Events, Observer, Supervisor};
-pub use status::{Status, Tallies};
+pub use status::{rfc3339_text, ProbeHistory, Status, Tallies, Verdict, PROBE_HISTORY};
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,11 @@
 //! A snapshot of one supervised process, as status output shows it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use processcontrol_core::{BreakerStatus, ExitStatus, StateName};
-use serde::Serialize;
+use processcontrol_core::{BreakerStatus, DeadlineKind, ExitStatus, ProbeRole, StateName, Usage};
+use serde::{Serialize, Serializer};
 
 /// A process's state at one moment; published after every step of its machine.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -34,6 +35,22 @@ pub struct Status {
     pub has_readiness: bool,
     /// How the last instance's main process ended, if one did.
     pub exit: Option<ExitStatus>,
+    /// When it ended (RFC 3339).
+    #[serde(serialize_with = "rfc3339")]
+    pub exit_time: Option<SystemTime>,
+    /// When an open breaker lets one trial start (RFC 3339); absent when it never does.
+    #[serde(serialize_with = "rfc3339")]
+    pub next_trial: Option<SystemTime>,
+    /// What the machine does next without a command, once its deadline comes: `restart` (a
+    /// backoff ends), `kill` (the stop grace ends), `kill_again`, `trial_start` (a breaker's
+    /// cooldown ends), `streak_end` (the instance has been up for `reset_after`).
+    pub next_action: Option<&'static str>,
+    /// When (RFC 3339).
+    #[serde(serialize_with = "rfc3339")]
+    pub next_action_time: Option<SystemTime>,
+    /// The newest instance ever spawned (0: none yet). It only grows, so whoever waits for a
+    /// new instance knows one came even when it missed the states in between.
+    pub newest: u64,
     /// The last failure, for people: an unexpected exit, a probe's verdict with what it saw,
     /// a limit with its figures, a spawn error, a breaker that opened.
     pub last_error: Option<String>,
@@ -43,6 +60,13 @@ pub struct Status {
     pub rss: Option<u64>,
     /// CPU of the whole tree at the last sample, in percent of one core.
     pub cpu: Option<u64>,
+    /// The whole last sample of the current instance (for the limits of `status NAME`).
+    #[serde(skip)]
+    pub usage: Option<Usage>,
+    /// The last verdicts of each probe (for `status NAME`); a new copy is made only when a
+    /// probe reports.
+    #[serde(skip)]
+    pub probes: Arc<ProbeHistory>,
 }
 
 impl Status {
@@ -59,10 +83,17 @@ impl Status {
             ready: false,
             has_readiness: false,
             exit: None,
+            exit_time: None,
+            next_trial: None,
+            next_action: None,
+            next_action_time: None,
+            newest: 0,
             last_error: None,
             last_error_time: None,
             rss: None,
             cpu: None,
+            usage: None,
+            probes: Arc::default(),
         }
     }
 
@@ -103,6 +134,83 @@ impl Tallies {
             None => list.push((name, n)),
         }
     }
+}
+
+/// How many verdicts of each probe status keeps.
+pub const PROBE_HISTORY: usize = 5;
+
+/// The last verdicts of each probe, oldest first, at most [`PROBE_HISTORY`] each.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ProbeHistory {
+    /// The startup probe's.
+    pub startup: VecDeque<Verdict>,
+    /// The liveness probe's.
+    pub liveness: VecDeque<Verdict>,
+    /// The readiness probe's.
+    pub readiness: VecDeque<Verdict>,
+}
+
+impl ProbeHistory {
+    /// The verdicts of one probe.
+    pub fn of(&self, role: ProbeRole) -> &VecDeque<Verdict> {
+        match role {
+            ProbeRole::Startup => &self.startup,
+            ProbeRole::Liveness => &self.liveness,
+            ProbeRole::Readiness => &self.readiness,
+        }
+    }
+
+    pub(crate) fn record(&mut self, role: ProbeRole, verdict: Verdict) {
+        let list = match role {
+            ProbeRole::Startup => &mut self.startup,
+            ProbeRole::Liveness => &mut self.liveness,
+            ProbeRole::Readiness => &mut self.readiness,
+        };
+        if list.len() == PROBE_HISTORY {
+            list.pop_front();
+        }
+        list.push_back(verdict);
+    }
+}
+
+/// One verdict of a probe.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    /// When it came (RFC 3339).
+    #[serde(serialize_with = "rfc3339_at")]
+    pub time: SystemTime,
+    /// Whether the check passed.
+    pub ok: bool,
+    /// What a failed check saw (`GET /healthz -> 503 Service Unavailable`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The name of what a deadline of the machine leads to, as `next_action` gives it.
+pub(crate) fn action_name(kind: DeadlineKind) -> &'static str {
+    match kind {
+        DeadlineKind::Backoff => "restart",
+        DeadlineKind::StopGrace => "kill",
+        DeadlineKind::KillRetry => "kill_again",
+        DeadlineKind::BreakerCooldown => "trial_start",
+        DeadlineKind::StableUptime => "streak_end",
+    }
+}
+
+/// A wall-clock time as RFC 3339 in UTC with milliseconds, as events give times.
+pub fn rfc3339_text(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&rfc3339_text(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+fn rfc3339_at<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_text(*t))
 }
 
 pub(crate) fn breaker_name(b: BreakerStatus) -> &'static str {

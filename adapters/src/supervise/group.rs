@@ -6,14 +6,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use processcontrol_core::{
     Condition, GroupConfig, GroupConfigErrors, GroupEffect, GroupInput, GroupNotification,
     GroupOutcome, GroupPolicy, MemberConfig, MemberId, Observed, StateName,
 };
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::host::{Host, Prepared, SuperviseError};
@@ -27,6 +27,61 @@ pub use processcontrol_core::ReloadReport;
 
 /// How many recent events the group keeps for `events` without `--follow`.
 const HISTORY: usize = 1000;
+
+/// What the group tells once a whole operation is done: the core's group machine decides when
+/// (every start of a boot sent, a reload applied, a shutdown complete); the owner task only
+/// reports it, with what it saw of the members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "summary", rename_all = "snake_case")]
+pub enum Summary {
+    /// Every start of the boot, or of a restart of everything, was sent in dependency order.
+    Started {
+        /// The processes started, in the order their starts were sent.
+        started: Vec<String>,
+        /// Those with a readiness condition that were ready by then.
+        ready: Vec<String>,
+        /// Milliseconds since the boot (or restart) began.
+        took_ms: u64,
+    },
+    /// A reload was applied.
+    Reloaded {
+        /// What it did.
+        report: ReloadReport,
+    },
+    /// A shutdown completed: nothing is left.
+    ShutDown {
+        /// The processes that stopped, in the order they came to rest.
+        stopped: Vec<String>,
+        /// Milliseconds since the shutdown began.
+        took_ms: u64,
+    },
+}
+
+impl Summary {
+    /// The line for people: `3 processes up, web ready, in 1.8 s`.
+    pub fn text(&self) -> String {
+        use crate::narrate::{reload_summary, shutdown_summary, start_summary};
+        fn strs(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        match self {
+            Summary::Started {
+                started,
+                ready,
+                took_ms,
+            } => start_summary(started.len(), &strs(ready), Duration::from_millis(*took_ms)),
+            Summary::Reloaded { report } => reload_summary(
+                &strs(&report.added),
+                &strs(&report.changed),
+                &strs(&report.removed),
+                report.unchanged.len(),
+            ),
+            Summary::ShutDown { stopped, took_ms } => {
+                shutdown_summary(&strs(stopped), Duration::from_millis(*took_ms))
+            }
+        }
+    }
+}
 
 /// One process of a group, as configured.
 #[derive(Clone, Debug)]
@@ -98,11 +153,15 @@ struct Entry {
 
 /// Many processes supervised together.
 pub struct Group {
+    host: Arc<Host>,
     commands: mpsc::UnboundedSender<Command>,
     /// The members in configuration order, for status and lookups.
     view: Arc<RwLock<Vec<Entry>>>,
+    /// Counts the changes of the membership in `view`.
+    membership: watch::Receiver<u64>,
     events: broadcast::Sender<Arc<Event>>,
     history: Arc<Mutex<VecDeque<Arc<Event>>>>,
+    summaries: broadcast::Sender<Arc<Summary>>,
     /// Copies the host's events into the group's history and stream.
     forwarder: JoinHandle<()>,
     owner: JoinHandle<()>,
@@ -138,8 +197,11 @@ impl Group {
         let view: Arc<RwLock<Vec<Entry>>> = Arc::default();
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (changes_tx, changes) = mpsc::unbounded_channel();
+        let summaries = broadcast::channel(16).0;
+        let (membership_tx, membership) = watch::channel(0);
         let owner = Owner {
-            host,
+            membership: membership_tx,
+            host: host.clone(),
             machine: GroupMachine::new(policy),
             out: GroupOutcome::default(),
             slots: Vec::new(),
@@ -149,13 +211,20 @@ impl Group {
             shutdown_waiters: Vec::new(),
             prepared: BTreeMap::new(),
             grace: None,
+            summaries: summaries.clone(),
+            booted: false,
+            round: None,
+            shutdown: None,
         };
         let owner = tokio::spawn(owner.run(commands_rx, changes));
         Arc::new(Group {
+            host,
             commands,
             view,
+            membership,
             events,
             history,
+            summaries,
             forwarder,
             owner,
         })
@@ -253,6 +322,43 @@ impl Group {
             .ok_or_else(|| GroupError::Unknown(name.to_string()))
     }
 
+    /// The summaries of whole operations (boot, reload, shutdown) from now on.
+    pub fn subscribe_summaries(&self) -> broadcast::Receiver<Arc<Summary>> {
+        self.summaries.subscribe()
+    }
+
+    /// Returns once none of `names` is a member any more (a reload removed them and they
+    /// came to rest).
+    pub async fn forgotten(&self, names: &[String]) {
+        let mut membership = self.membership.clone();
+        loop {
+            let current = self.names();
+            if !names.iter().any(|n| current.contains(n)) {
+                return;
+            }
+            if membership.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The host's own event stream: each event is on it before the status its step
+    /// published, which is what waiting for a command's outcome relies on.
+    pub(crate) fn host_events(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.host.subscribe_all()
+    }
+
+    /// What a process's start waits for (`waiting for db to be healthy`), if it waits.
+    pub fn blocked(&self, name: &str) -> Option<String> {
+        blocked_in(&self.view, name)
+    }
+
+    /// [`Group::blocked`] for a task that outlives this borrow.
+    pub(crate) fn blocked_reader(&self) -> Blocked {
+        let view = self.view.clone();
+        Box::new(move |name| blocked_in(&view, name))
+    }
+
     /// Every event of every process from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.events.subscribe()
@@ -264,6 +370,16 @@ impl Group {
         let history = self.history.lock().expect("never poisoned");
         (history.iter().cloned().collect(), self.events.subscribe())
     }
+}
+
+/// Tells what a process's start waits for, if it waits.
+pub(crate) type Blocked = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+fn blocked_in(view: &RwLock<Vec<Entry>>, name: &str) -> Option<String> {
+    let view = view.read().expect("never poisoned");
+    let entry = view.iter().find(|e| e.sup.name() == name)?;
+    let blocked = entry.blocked.lock().expect("never poisoned");
+    blocked.as_deref().map(str::to_string)
 }
 
 /// A member as the owner task holds it.
@@ -283,6 +399,7 @@ struct Owner {
     /// Members by [`MemberId::index`].
     slots: Vec<Option<Slot>>,
     view: Arc<RwLock<Vec<Entry>>>,
+    membership: watch::Sender<u64>,
     changes_tx: mpsc::UnboundedSender<(MemberId, Observed)>,
     clock: TokioClock,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
@@ -290,6 +407,19 @@ struct Owner {
     prepared: BTreeMap<String, Prepared>,
     /// The grace override of the stop command being handled.
     grace: Option<Duration>,
+    summaries: broadcast::Sender<Arc<Summary>>,
+    /// The first membership was applied: later ones are reloads.
+    booted: bool,
+    /// A boot or a restart of everything whose starts are being sent.
+    round: Option<Round>,
+    /// A shutdown under way: when it began and what came to rest since, in order.
+    shutdown: Option<(Instant, Vec<String>)>,
+}
+
+/// A boot (or restart of everything) being reported.
+struct Round {
+    began: Instant,
+    started: Vec<String>,
 }
 
 impl Owner {
@@ -309,6 +439,12 @@ impl Owner {
                 // Members first: a command should meet the freshest view of them.
                 biased;
                 Some((member, seen)) = changes.recv() => {
+                    if let (Some((_, stopped)), true) = (&mut self.shutdown, seen.at_rest()) {
+                        let name = self.machine.name(member).unwrap_or_default();
+                        if !stopped.iter().any(|s| s == name) {
+                            stopped.push(name.to_string());
+                        }
+                    }
                     self.step(GroupInput::Observed { member, seen });
                 }
                 command = commands.recv() => match command {
@@ -326,7 +462,19 @@ impl Owner {
     fn command(&mut self, command: Command) {
         match command {
             Command::Apply(members, reply) => {
-                let _ = reply.send(self.apply(members));
+                let boot = !self.booted;
+                if boot {
+                    self.round = Some(Round::new());
+                }
+                let result = self.apply(members);
+                match &result {
+                    Ok(_) if boot => self.booted = true,
+                    Ok(report) => self.summarize(Summary::Reloaded {
+                        report: report.clone(),
+                    }),
+                    Err(_) => {}
+                }
+                let _ = reply.send(result);
             }
             Command::Start(name, reply) => {
                 let result = self.named(name.as_deref(), GroupInput::Start, GroupInput::StartAll);
@@ -339,6 +487,7 @@ impl Owner {
                 let _ = reply.send(result);
             }
             Command::RestartAll(reply) => {
+                self.round = Some(Round::new());
                 let result = self.named(None, GroupInput::Start, GroupInput::RestartAll);
                 let _ = reply.send(result);
             }
@@ -349,6 +498,7 @@ impl Owner {
                 }
                 self.shutdown_waiters.push(done);
                 if !self.machine.is_shutting_down() {
+                    self.shutdown = Some((Instant::now(), Vec::new()));
                     self.step(GroupInput::Shutdown);
                 }
             }
@@ -488,9 +638,14 @@ impl Owner {
                 false
             }
             GroupEffect::Start(id) => {
-                if let Some(slot) = self.slot(id) {
-                    *slot.blocked.lock().expect("never poisoned") = None;
-                    let _ = slot.sup.start();
+                let Some(slot) = self.slot(id) else {
+                    return false;
+                };
+                *slot.blocked.lock().expect("never poisoned") = None;
+                let _ = slot.sup.start();
+                let name = slot.sup.name().to_string();
+                if let Some(round) = &mut self.round {
+                    round.started.push(name);
                 }
                 false
             }
@@ -528,13 +683,36 @@ impl Owner {
                     *slot.blocked.lock().expect("never poisoned") = Some(reason);
                 }
             }
-            GroupNotification::StartsSent => tracing::debug!("every start sent"),
+            GroupNotification::StartsSent => {
+                if let Some(round) = self.round.take() {
+                    let ready = self
+                        .machine
+                        .members()
+                        .iter()
+                        .filter_map(|id| self.slot(*id))
+                        .map(|slot| slot.sup.status())
+                        .filter(|s| s.has_readiness && s.ready)
+                        .map(|s| s.name.to_string())
+                        .collect();
+                    self.summarize(Summary::Started {
+                        started: round.started,
+                        ready,
+                        took_ms: millis(round.began.elapsed()),
+                    });
+                }
+            }
             GroupNotification::ShuttingDown => tracing::debug!("stopping every process"),
             GroupNotification::GraceExpired { killed } => tracing::warn!(
                 killed,
                 "shutdown_grace passed: killing what is still running"
             ),
             GroupNotification::ShutdownComplete => {
+                if let Some((began, stopped)) = self.shutdown.take() {
+                    self.summarize(Summary::ShutDown {
+                        stopped,
+                        took_ms: millis(began.elapsed()),
+                    });
+                }
                 for waiter in self.shutdown_waiters.drain(..) {
                     let _ = waiter.send(());
                 }
@@ -544,6 +722,11 @@ impl Owner {
             }
             other => tracing::debug!(?other, "group notification"),
         }
+    }
+
+    /// Tells a summary to whoever listens (the narration, a client waiting for a shutdown).
+    fn summarize(&self, summary: Summary) {
+        let _ = self.summaries.send(Arc::new(summary));
     }
 
     /// Republishes the members for status readers, in the machine's order.
@@ -559,6 +742,7 @@ impl Owner {
             })
             .collect();
         *self.view.write().expect("never poisoned") = entries;
+        self.membership.send_modify(|n| *n += 1);
     }
 
     fn slot(&self, id: MemberId) -> Option<&Slot> {
@@ -574,6 +758,19 @@ impl Owner {
             .and_then(Option::as_mut)
             .filter(|s| s.id == id)
     }
+}
+
+impl Round {
+    fn new() -> Round {
+        Round {
+            began: Instant::now(),
+            started: Vec::new(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Copies the host's events into the group's stream and history.

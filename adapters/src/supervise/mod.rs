@@ -6,13 +6,16 @@ pub mod descriptors;
 mod group;
 mod host;
 mod notify_watch;
+mod orders;
 mod os_processes;
 mod spec;
+pub mod wait;
 mod watchers;
 
 pub(crate) use group::member_config;
-pub use group::{Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport};
+pub use group::{Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport, Summary};
 pub use host::{check_spec, Host, HostConfig, SuperviseError};
+pub use orders::{Answer, Order, Watching};
 /// When a dependent may start; decided by the core's group machine.
 pub use processcontrol_core::{Condition, GroupPolicy};
 pub use spec::{

@@ -353,3 +353,32 @@ depends_on = {{ db = "healthy" }}
         "{last}"
     );
 }
+
+#[test]
+fn a_start_that_cannot_spawn_exits_non_zero_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().join("gone");
+    std::fs::create_dir(&cwd).unwrap();
+    let d = Daemon::start(&format!(
+        r#"
+[processes.bad]
+command = "exec sleep 1000"
+cwd = "{cwd}"
+"#,
+        cwd = cwd.display()
+    ));
+    d.wait_state("bad", "running");
+    assert!(d.cli(&["stop", "bad"]).status.success());
+    std::fs::remove_dir(&cwd).unwrap();
+    let out = d.cli(&["start", "bad"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = stderr(&out);
+    assert!(
+        said.starts_with(&format!(
+            "bad: cannot start: working directory \"{}\" is unusable: ",
+            cwd.display()
+        )),
+        "{said}"
+    );
+    d.stop();
+}

@@ -382,3 +382,104 @@ cwd = "{cwd}"
     );
     d.stop();
 }
+
+/// An HTTP server on loopback that answers every request with `503 Service Unavailable`.
+fn unavailable_http_server() -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn status_name_shows_the_probes_verdicts_limits_tree_and_logs() {
+    let port = unavailable_http_server();
+    let d = Daemon::start(&format!(
+        r#"
+[processes.web]
+command = "echo serving; exec sleep 1000"
+liveness = {{ http = "http://127.0.0.1:{port}/healthz", period = "100ms", failure_threshold = 1000 }}
+limits = {{ memory = {{ max = "1GiB" }} }}
+"#
+    ));
+    let deadline = Instant::now() + WAIT;
+    let detail = loop {
+        let out = d.cli(&["status", "web", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let detail: Value = serde_json::from_slice::<Value>(&out.stdout).unwrap()[0].clone();
+        let failed = detail["probes"][0]["failing"].as_u64().unwrap_or(0) >= 2;
+        let sampled = detail["limits"][0]["current"].is_u64();
+        if failed && sampled && !detail["logs"].as_array().unwrap().is_empty() {
+            break detail;
+        }
+        assert!(Instant::now() < deadline, "no detail: {detail}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let probe = &detail["probes"][0];
+    assert_eq!(probe["probe"], "liveness");
+    assert_eq!(
+        probe["check"],
+        format!("GET http://127.0.0.1:{port}/healthz")
+    );
+    assert_eq!(probe["failure_threshold"], 1000);
+    let last = probe["last"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["ok"], false);
+    assert_eq!(last["reason"], "GET /healthz -> 503 Service Unavailable");
+    assert!(last["time"].is_string());
+    assert_eq!(detail["limits"][0]["resource"], "memory");
+    assert_eq!(detail["limits"][0]["max"], 1u64 << 30);
+    assert!(
+        detail["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("'echo serving; exec sleep 1000'"),
+        "{detail}"
+    );
+    assert_eq!(detail["tree"][0]["pid"], detail["pid"]);
+    assert_eq!(detail["tree"][0]["command"], "sleep 1000");
+    assert_eq!(detail["logs"][0]["text"], "serving");
+    // The same for people.
+    let out = d.cli(&["status", "web"]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("web: running, pid {}", detail["pid"])),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "liveness: GET http://127.0.0.1:{port}/healthz every 100 ms, failing "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(" failed: GET /healthz -> 503 Service Unavailable"),
+        "{text}"
+    );
+    assert!(text.contains("  limit      memory "), "{text}");
+    assert!(text.contains(" of 1 GiB (then restart)"), "{text}");
+    assert!(text.contains("| serving"), "{text}");
+    d.stop();
+}

@@ -180,6 +180,10 @@ pub fn call(socket: &Path, request: Request, json: bool) -> u8 {
                     println!("{value}");
                     0
                 }
+                Ok(value) if is_status && matches!(request, Request::Status { name: Some(_) }) => {
+                    print_detail(&value[0]);
+                    0
+                }
                 Ok(value) if is_status => {
                     print_status_table(&value);
                     0
@@ -301,6 +305,162 @@ fn print_status_table(value: &Value) {
     for note in notes {
         let _ = writeln!(out, "{note}");
     }
+}
+
+/// `status NAME`: one process in detail, as `systemctl status` shows a unit.
+fn print_detail(p: &Value) {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let clock = |v: &Value| v.as_str().and_then(human::clock_of);
+    let mut head = format!("{}: {}", text(&p["name"]), text(&p["state"]));
+    if let Some(pid) = p["pid"].as_u64() {
+        head.push_str(&format!(", pid {pid}"));
+    }
+    if let Some(up) = p["uptime"].as_u64() {
+        head.push_str(&format!(
+            ", up {}",
+            human::duration(Duration::from_secs(up))
+        ));
+    }
+    if let Some(instance) = p["instance"].as_u64() {
+        head.push_str(&format!(", instance {instance}"));
+    }
+    let mut rows: Vec<(&str, String)> = vec![("command", text(&p["command"]))];
+    let breaker = match (text(&p["breaker"]).as_str(), clock(&p["next_trial"])) {
+        ("open", Some(at)) => format!("open, next trial at {at}"),
+        ("open", None) => "open, no further trial".into(),
+        (other, _) => other.replace('_', "-"),
+    };
+    rows.push((
+        "restarts",
+        format!("{} (breaker {breaker})", text(&p["restarts"])),
+    ));
+    if !p["exit"].is_null() {
+        let when = clock(&p["exit_time"]).map_or_else(String::new, |t| format!(" at {t}"));
+        rows.push(("last exit", format!("{}{when}", exit_reason(&p["exit"]))));
+    }
+    if let Some(error) = p["last_error"].as_str() {
+        let when = clock(&p["last_error_time"]).map_or_else(String::new, |t| format!(" at {t}"));
+        rows.push(("last error", format!("{error}{when}")));
+    }
+    if p["has_readiness"] == Value::Bool(true) {
+        let ready = if p["ready"] == Value::Bool(true) {
+            "yes"
+        } else {
+            "no"
+        };
+        rows.push(("ready", ready.into()));
+    }
+    if let Some(blocked) = p["blocked"].as_str() {
+        rows.push(("waits", blocked.into()));
+    }
+    if let (Some(action), Some(at)) = (p["next_action"].as_str(), clock(&p["next_action_time"])) {
+        let action = match action {
+            "kill" => "kill (the stop grace ends)",
+            "kill_again" => "kill again",
+            "trial_start" => "trial start (the breaker's cooldown ends)",
+            "streak_end" => "the crash streak ends (stable uptime)",
+            other => other,
+        };
+        rows.push(("next", format!("{action} at {at}")));
+    }
+    if let Some(rss) = p["rss"].as_u64() {
+        let cpu = p["cpu"]
+            .as_u64()
+            .map_or_else(String::new, |c| format!(", cpu {c}%"));
+        rows.push(("usage", format!("rss {}{cpu}", human::bytes(rss))));
+    }
+    for probe in p["probes"].as_array().into_iter().flatten() {
+        let every = probe["period_ms"].as_u64().map_or_else(String::new, |ms| {
+            format!(" every {}", human::duration(Duration::from_millis(ms)))
+        });
+        let failing = probe["failing"].as_u64().unwrap_or(0);
+        let verdict = match (failing, probe["last"].as_array().map_or(0, Vec::len)) {
+            (_, 0) => "no verdict yet".to_string(),
+            (0, _) => "passing".to_string(),
+            (n, _) => format!("failing {n}/{}", text(&probe["failure_threshold"])),
+        };
+        rows.push((
+            "probe",
+            format!(
+                "{}: {}{every}, {verdict}",
+                text(&probe["probe"]),
+                text(&probe["check"])
+            ),
+        ));
+        for v in probe["last"].as_array().into_iter().flatten() {
+            let at = clock(&v["time"]).unwrap_or_default();
+            let line = match v["reason"].as_str() {
+                Some(reason) => format!("  {at} failed: {reason}"),
+                None => format!("  {at} passed"),
+            };
+            rows.push(("", line));
+        }
+    }
+    for limit in p["limits"].as_array().into_iter().flatten() {
+        let resource = text(&limit["resource"]);
+        let amount = |v: &Value| match (resource.as_str(), v.as_u64()) {
+            (_, None) => "-".to_string(),
+            ("memory", Some(b)) => human::bytes(b),
+            ("cpu", Some(c)) => format!("{c}%"),
+            (_, Some(n)) => n.to_string(),
+        };
+        let sustain = limit["for_ms"]
+            .as_u64()
+            .filter(|ms| *ms > 0)
+            .map_or_else(String::new, |ms| {
+                format!("for {}, ", human::duration(Duration::from_millis(ms)))
+            });
+        rows.push((
+            "limit",
+            format!(
+                "{resource} {} of {} ({sustain}then {})",
+                amount(&limit["current"]),
+                amount(&limit["max"]),
+                text(&limit["action"])
+            ),
+        ));
+    }
+    for (i, process) in p["tree"].as_array().into_iter().flatten().enumerate() {
+        let depth = process["depth"].as_u64().unwrap_or(0) as usize;
+        let line = format!(
+            "{}{} {}",
+            "  ".repeat(depth),
+            text(&process["pid"]),
+            text(&process["command"])
+        );
+        rows.push((if i == 0 { "tree" } else { "" }, line));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{head}");
+    for (label, value) in rows {
+        let _ = writeln!(out, "  {label:<10} {value}");
+    }
+    let logs = p["logs"].as_array().cloned().unwrap_or_default();
+    if !logs.is_empty() {
+        let _ = writeln!(out, "  logs");
+        for line in logs {
+            let at = clock(&line["time"]).unwrap_or_default();
+            let mark = if line["stream"] == "stderr" { '!' } else { '|' };
+            let _ = writeln!(out, "    {at} {mark} {}", text(&line["text"]));
+        }
+    }
+}
+
+/// How a main process ended, for people, from its JSON form.
+fn exit_reason(exit: &Value) -> String {
+    if let Some(code) = exit["code"].as_i64() {
+        return format!("exited with {code}");
+    }
+    if let Some(signal) = exit["signal"].as_i64() {
+        return format!(
+            "killed by {}",
+            human::signal(i32::try_from(signal).unwrap_or(0))
+        );
+    }
+    "killed by the OOM killer".into()
 }
 
 /// The last exit in a table cell: `0`, `1`, `SIGKILL`, `oom`, or `-` before any.

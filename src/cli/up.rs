@@ -368,13 +368,11 @@ impl Handler for Daemon {
             Request::Status { name: None } => {
                 done(serde_json::to_value(self.group.status()).map_err(|e| e.to_string()))
             }
-            Request::Status { name: Some(name) } => {
-                let all = self.group.status();
-                let Some(one) = all.into_iter().find(|s| *s.status.name == *name) else {
-                    return done(Err(format!("no process named {name:?}")));
-                };
-                done(serde_json::to_value([one]).map_err(|e| e.to_string()))
-            }
+            // One process: the table's fields and the detail, in a list as for every one.
+            Request::Status { name: Some(name) } => match self.group.detail(&name, 10) {
+                Ok(detail) => done(serde_json::to_value([detail]).map_err(|e| e.to_string())),
+                Err(e) => done(Err(e.to_string())),
+            },
             Request::Start { name, all, wait_ms } => match target(name, all) {
                 Ok(name) => self.order(Order::Start(name), wait_ms).await,
                 Err(e) => done(Err(e)),

@@ -154,6 +154,7 @@ mod search;
 mod spawn;
 mod spec;
 mod status;
+mod tree;
 
 pub use child::{Child, ChildWatch, OutputPipe};
 pub use error::{LauncherError, SignalError, SignalTarget, SpawnError, WaitError};
@@ -163,6 +164,7 @@ pub use nix::sys::signal::Signal;
 pub use scan::{find_stale_processes, StaleProcess, MARKER_VAR};
 pub use spec::{EnvBase, Identity, OutputMode, ProcessSpec};
 pub use status::ExitStatus;
+pub use tree::{process_tree, TreeProcess, MAX_TREE};
 
 /// Which processes a signal reached, so the caller can log and test what a stop did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -140,7 +140,7 @@ impl Tallies {
 pub const PROBE_HISTORY: usize = 5;
 
 /// The last verdicts of each probe, oldest first, at most [`PROBE_HISTORY`] each.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProbeHistory {
     /// The startup probe's.
     pub startup: VecDeque<Verdict>,
@@ -148,6 +148,8 @@ pub struct ProbeHistory {
     pub liveness: VecDeque<Verdict>,
     /// The readiness probe's.
     pub readiness: VecDeque<Verdict>,
+    /// Failed checks in a row of each probe (startup, liveness, readiness), however many.
+    failing: [u32; 3],
 }
 
 impl ProbeHistory {
@@ -160,7 +162,18 @@ impl ProbeHistory {
         }
     }
 
+    /// Failed checks in a row of one probe, up to now.
+    pub fn failing(&self, role: ProbeRole) -> u32 {
+        self.failing[index(role)]
+    }
+
     pub(crate) fn record(&mut self, role: ProbeRole, verdict: Verdict) {
+        let failing = &mut self.failing[index(role)];
+        *failing = if verdict.ok {
+            0
+        } else {
+            failing.saturating_add(1)
+        };
         let list = match role {
             ProbeRole::Startup => &mut self.startup,
             ProbeRole::Liveness => &mut self.liveness,
@@ -170,6 +183,14 @@ impl ProbeHistory {
             list.pop_front();
         }
         list.push_back(verdict);
+    }
+}
+
+fn index(role: ProbeRole) -> usize {
+    match role {
+        ProbeRole::Startup => 0,
+        ProbeRole::Liveness => 1,
+        ProbeRole::Readiness => 2,
     }
 }
 

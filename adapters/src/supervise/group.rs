@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::describe::{Describe, Detail};
 use super::host::{Host, Prepared, SuperviseError};
 use super::spec::ProcessSpec;
 use crate::logs::LogRing;
@@ -147,6 +148,7 @@ pub(crate) fn member_config(
 #[derive(Clone)]
 struct Entry {
     sup: Arc<Supervisor>,
+    describe: Arc<Describe>,
     /// What its start waits for (`None` once sent).
     blocked: Arc<Mutex<Option<Arc<str>>>>,
 }
@@ -283,27 +285,31 @@ impl Group {
     /// The status of every process, in configuration order.
     pub fn status(&self) -> Vec<MemberStatus> {
         let view = self.view.read().expect("never poisoned");
-        view.iter()
-            .map(|e| {
-                let mut status = e.sup.status();
-                let blocked = e
-                    .blocked
-                    .lock()
-                    .expect("never poisoned")
-                    .as_deref()
-                    .map(str::to_string);
-                if blocked.is_some() && status.state == StateName::Stopped {
-                    // Waiting for a dependency is part of starting, as users see it.
-                    status.state = StateName::Starting;
-                }
-                let uptime_secs = status.uptime().map(|d| d.as_secs());
-                MemberStatus {
-                    status,
-                    blocked,
-                    uptime_secs,
-                }
-            })
-            .collect()
+        view.iter().map(member_status).collect()
+    }
+
+    /// `status NAME`: the status of one process with its command, process tree, probes
+    /// (with their last verdicts), limits (with the current usage) and last `lines` lines.
+    pub fn detail(&self, name: &str, lines: usize) -> Result<Detail, GroupError> {
+        let (status, describe) = {
+            let view = self.view.read().expect("never poisoned");
+            let entry = view
+                .iter()
+                .find(|e| e.sup.name() == name)
+                .ok_or_else(|| GroupError::Unknown(name.to_string()))?;
+            (member_status(entry), entry.describe.clone())
+        };
+        let tree = status
+            .status
+            .pid
+            .map(crate::process::process_tree)
+            .unwrap_or_default();
+        let logs = self
+            .host
+            .logs(name)
+            .map(|ring| ring.tail(lines))
+            .unwrap_or_default();
+        Ok(Detail::new(status, &describe, tree, logs))
     }
 
     /// The names of the processes, in configuration order.
@@ -372,6 +378,27 @@ impl Group {
     }
 }
 
+/// A member's status as status readers see it.
+fn member_status(e: &Entry) -> MemberStatus {
+    let mut status = e.sup.status();
+    let blocked = e
+        .blocked
+        .lock()
+        .expect("never poisoned")
+        .as_deref()
+        .map(str::to_string);
+    if blocked.is_some() && status.state == StateName::Stopped {
+        // Waiting for a dependency is part of starting, as users see it.
+        status.state = StateName::Starting;
+    }
+    let uptime_secs = status.uptime().map(|d| d.as_secs());
+    MemberStatus {
+        status,
+        blocked,
+        uptime_secs,
+    }
+}
+
 /// Tells what a process's start waits for, if it waits.
 pub(crate) type Blocked = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -386,6 +413,7 @@ fn blocked_in(view: &RwLock<Vec<Entry>>, name: &str) -> Option<String> {
 struct Slot {
     id: MemberId,
     sup: Arc<Supervisor>,
+    describe: Arc<Describe>,
     ring: Arc<LogRing>,
     blocked: Arc<Mutex<Option<Arc<str>>>>,
 }
@@ -593,6 +621,7 @@ impl Owner {
                     return false;
                 };
                 let ring = p.ring.clone();
+                let describe = p.describe.clone();
                 let changes = self.changes_tx.clone();
                 let observer = Box::new(move |seen| {
                     let _ = changes.send((id, seen));
@@ -602,6 +631,7 @@ impl Owner {
                         let slot = Slot {
                             id,
                             sup: Arc::new(sup),
+                            describe,
                             ring,
                             blocked: Arc::default(),
                         };
@@ -623,19 +653,22 @@ impl Owner {
                 match prepared {
                     Some(p) => {
                         let old = std::mem::replace(&mut slot.ring, p.ring.clone());
+                        slot.describe = p.describe.clone();
                         let sup = slot.sup.clone();
                         if !Arc::ptr_eq(&old, &p.ring) {
                             self.host.forget_logs(&name, &old);
                         }
                         let _ = self.host.reconfigure(&sup, p, restart);
+                        // Status readers see the new configuration.
+                        true
                     }
                     // Back in the configuration, unchanged, before it was gone.
                     None if restart => {
                         let _ = slot.sup.restart();
+                        false
                     }
-                    None => {}
+                    None => false,
                 }
-                false
             }
             GroupEffect::Start(id) => {
                 let Some(slot) = self.slot(id) else {
@@ -738,6 +771,7 @@ impl Owner {
             .filter_map(|id| self.slot(*id))
             .map(|s| Entry {
                 sup: s.sup.clone(),
+                describe: s.describe.clone(),
                 blocked: s.blocked.clone(),
             })
             .collect();

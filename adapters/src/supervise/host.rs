@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use crate::runtime::Event;
 use processcontrol_core::{Policy, PolicyErrors};
 
+use super::describe::Describe;
 use super::os_processes::{CgroupPlan, NotifyPlan, OsProcesses};
 use super::spec::{Echo, ProcessSpec, SpecErrors};
 use super::watchers::{OsWatchers, Sampling};
@@ -284,11 +285,13 @@ impl Host {
             events: self.events.clone(),
         };
         let policy = spec.effective_policy();
+        let describe = Arc::new(Describe::of(&spec));
         Ok(Prepared {
             name: spec.name,
             policy,
             ports,
             ring,
+            describe,
         })
     }
 }
@@ -332,6 +335,8 @@ pub(crate) struct Prepared {
     pub(crate) policy: Policy,
     pub(crate) ports: Ports,
     pub(crate) ring: Arc<LogRing>,
+    /// What `status NAME` shows of the configuration.
+    pub(crate) describe: Arc<Describe>,
 }
 
 /// The spec was validated with this very policy: this only restates its errors.

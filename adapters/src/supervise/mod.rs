@@ -2,6 +2,7 @@
 //! capture, probes, sampler) behind the runtime, and the host they share.
 
 mod all;
+mod describe;
 pub mod descriptors;
 mod group;
 mod host;
@@ -12,6 +13,7 @@ mod spec;
 pub mod wait;
 mod watchers;
 
+pub use describe::{Describe, Detail, LimitDetail, ProbeDetail, ProbeSettings};
 pub(crate) use group::member_config;
 pub use group::{Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport, Summary};
 pub use host::{check_spec, Host, HostConfig, SuperviseError};

@@ -515,3 +515,31 @@ readiness = {{ tcp = "127.0.0.1:{port}", tcp_reset = true, period = "50ms" }}
     }
     drop(d);
 }
+
+#[test]
+fn an_exec_probe_failure_names_the_last_line_it_printed() {
+    let d = Daemon::start(
+        r#"
+[processes.db]
+command = "exec sleep 1000"
+liveness = { exec = "echo checking; echo 'no response from db' >&2; exit 2", period = "100ms", failure_threshold = 2 }
+breaker = { max_restarts = 100 }
+"#,
+    );
+    let status = d.wait("an exec liveness failure in last_error", |s| {
+        s[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("liveness failed 2/2"))
+    });
+    assert_eq!(
+        status[0]["last_error"],
+        "liveness failed 2/2: exited with 2: no response from db"
+    );
+    let events = d.events(&[]);
+    let failed = events
+        .iter()
+        .find(|e| e["event"] == "probe_failed")
+        .expect("a probe_failed event");
+    assert_eq!(failed["failure"], "exit_code");
+    assert_eq!(failed["reason"], "exited with 2: no response from db");
+}

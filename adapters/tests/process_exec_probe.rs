@@ -40,7 +40,11 @@ fn probe_fails_on_nonzero_exit() {
         )
         .await;
         match outcome {
-            ExecProbeOutcome::Failed { exit } => assert_eq!(exit, ExitStatus::Exited(3)),
+            ExecProbeOutcome::Failed { exit, said } => {
+                assert_eq!(exit, ExitStatus::Exited(3));
+                // The last line it printed, on either stream.
+                assert_eq!(said.as_deref(), Some("sick"));
+            }
             other => panic!("unexpected {other:?}"),
         }
     });
@@ -59,7 +63,10 @@ fn probe_times_out_and_kills_its_forked_hanging_command() {
         let timeout = Duration::from_millis(1500);
         let started = std::time::Instant::now();
         let outcome = bounded("probe", run_exec_probe(&launcher(), sh(&script), timeout)).await;
-        assert!(matches!(outcome, ExecProbeOutcome::TimedOut), "{outcome:?}");
+        assert!(
+            matches!(outcome, ExecProbeOutcome::TimedOut { .. }),
+            "{outcome:?}"
+        );
         assert!(started.elapsed() >= timeout);
 
         let pids = std::fs::read_to_string(&file).expect("the probe wrote its pids in time");

@@ -159,6 +159,8 @@ struct Stdio {
     err_write: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+    /// The child's stderr is its stdout (`2>&1`).
+    err_to_out: bool,
 }
 
 impl Stdio {
@@ -169,7 +171,7 @@ impl Stdio {
                     let (read, write) = unistd::pipe2(OFlag::O_CLOEXEC)?;
                     Ok((Some(write), Some(read)))
                 }
-                OutputMode::Null => Ok((None, None)),
+                OutputMode::Null | OutputMode::Stdout => Ok((None, None)),
             }
         };
         let (out_write, stdout) = stream(spec.stdout)?;
@@ -179,17 +181,20 @@ impl Stdio {
             err_write,
             stdout,
             stderr,
+            err_to_out: spec.stderr == OutputMode::Stdout,
         })
     }
 
     /// What the child's fds 0, 1 and 2 become.
     fn child<'a>(&'a self, null: &'a OwnedFd) -> [BorrowedFd<'a>; 3] {
         let or_null = |fd: &'a Option<OwnedFd>| fd.as_ref().unwrap_or(null).as_fd();
-        [
-            null.as_fd(),
-            or_null(&self.out_write),
-            or_null(&self.err_write),
-        ]
+        let out = or_null(&self.out_write);
+        let err = if self.err_to_out {
+            out
+        } else {
+            or_null(&self.err_write)
+        };
+        [null.as_fd(), out, err]
     }
 }
 

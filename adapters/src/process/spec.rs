@@ -52,6 +52,9 @@ pub enum OutputMode {
     Pipe,
     /// `/dev/null`.
     Null,
+    /// For stderr: wherever stdout goes (`2>&1`), so the two keep their order in one pipe.
+    /// For stdout it is the same as `Null`.
+    Stdout,
 }
 
 /// Everything needed to start one instance of a program.

@@ -112,22 +112,25 @@ impl Check for Runnable {
                 timeout,
             } => match run_exec_probe(launcher, command.clone(), *timeout).await {
                 ExecProbeOutcome::Passed => ProbeOutcome::Passed,
-                ExecProbeOutcome::Failed { exit } => match exit.code() {
+                ExecProbeOutcome::Failed { exit, said } => match exit.code() {
                     Some(code) => ProbeOutcome::failed(
                         FailureReason::ExitCode(code),
-                        format!("exited with {code}"),
+                        with_said(format!("exited with {code}"), said),
                     ),
                     None => {
                         let signal = exit.signal().unwrap_or(0);
                         ProbeOutcome::failed(
                             FailureReason::ExitSignal(signal),
-                            format!("killed by signal {signal}"),
+                            with_said(format!("killed by signal {signal}"), said),
                         )
                     }
                 },
-                ExecProbeOutcome::TimedOut => ProbeOutcome::failed(
+                ExecProbeOutcome::TimedOut { said } => ProbeOutcome::failed(
                     FailureReason::Timeout,
-                    format!("no exit within {}", crate::human::duration(*timeout)),
+                    with_said(
+                        format!("no exit within {}", crate::human::duration(*timeout)),
+                        said,
+                    ),
                 ),
                 ExecProbeOutcome::SpawnFailed { error } => ProbeOutcome::failed(
                     FailureReason::Io,
@@ -147,6 +150,14 @@ impl Check for Runnable {
             // room to do so before the schedule's own cut-off.
             Runnable::Exec { timeout, .. } => *timeout + Duration::from_secs(2),
         }
+    }
+}
+
+/// An exec check's verdict with the last line it printed: `exited with 1: no response`.
+fn with_said(verdict: String, said: Option<String>) -> String {
+    match said {
+        Some(said) => format!("{verdict}: {said}"),
+        None => verdict,
     }
 }
 

@@ -290,14 +290,14 @@ depends_on = {{ db = "healthy" }}
     };
     let mut d = Daemon::start_narrating(&config(""));
     d.wait_state("web", "running");
-    let line = |narration: &str, needle: &str| -> Option<String> {
-        narration
-            .lines()
-            .find(|l| l.contains(needle))
-            .map(str::to_string)
-    };
-    let narration = d.narration();
-    let started = line(&narration, "2 processes up").unwrap_or_else(|| panic!("{narration}"));
+    let narrated = d.dir.path().join("up.stderr");
+    let narration = wait_file(&narrated, "the start summary", |t| {
+        t.contains("2 processes up")
+    });
+    let started = narration
+        .lines()
+        .find(|l| l.contains("2 processes up"))
+        .unwrap();
     // Every start sent: db was ready by then (web waited for it).
     assert!(
         started.contains(" 2 processes up, db ready, in "),
@@ -317,11 +317,9 @@ depends_on = {{ db = "healthy" }}
         said.ends_with("reloaded: started job; 2 unchanged\n"),
         "{said}"
     );
-    wait_file(
-        &d.dir.path().join("up.stderr"),
-        "the reload summary",
-        |text| text.contains("reloaded: started job; 2 unchanged"),
-    );
+    wait_file(&narrated, "the reload summary", |text| {
+        text.contains("reloaded: started job; 2 unchanged")
+    });
 
     let out = d.cli(&["shutdown"]);
     assert!(out.status.success(), "{out:?}");

@@ -718,14 +718,17 @@ impl Owner {
             }
             GroupNotification::StartsSent => {
                 if let Some(round) = self.round.take() {
+                    // Ready as the machine saw them when it sent the last start.
                     let ready = self
                         .machine
                         .members()
                         .iter()
-                        .filter_map(|id| self.slot(*id))
-                        .map(|slot| slot.sup.status())
-                        .filter(|s| s.has_readiness && s.ready)
-                        .map(|s| s.name.to_string())
+                        .filter(|id| {
+                            self.machine.has_readiness(**id) == Some(true)
+                                && self.machine.seen(**id).is_some_and(|s| s.ready)
+                        })
+                        .filter_map(|id| self.machine.name(*id))
+                        .map(str::to_string)
                         .collect();
                     self.summarize(Summary::Started {
                         started: round.started,

@@ -17,7 +17,7 @@ pub use describe::{Describe, Detail, LimitDetail, ProbeDetail, ProbeSettings};
 pub(crate) use group::member_config;
 pub use group::{Group, GroupError, GroupMachine, Member, MemberStatus, ReloadReport, Summary};
 pub use host::{check_spec, Host, HostConfig, SuperviseError};
-pub use orders::{Answer, Order, Watching};
+pub use orders::{Answer, Order};
 /// When a dependent may start; decided by the core's group machine.
 pub use processcontrol_core::{Condition, GroupPolicy};
 pub use spec::{

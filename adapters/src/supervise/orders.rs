@@ -47,7 +47,7 @@ pub struct Answer {
 
 /// Processes whose status was taken just before a command, with what their start waited for
 /// then, and the events from that moment on.
-pub struct Watching {
+pub(crate) struct Watching {
     watched: Vec<(Watched, Option<String>)>,
     /// What a process's start waits for now, for a timeout's message.
     blocked: Blocked,
@@ -59,7 +59,7 @@ pub struct Watching {
 
 impl Group {
     /// Takes the status of each named process before a command for `goal` is handed over.
-    pub fn watch(&self, names: &[String], goal: Goal) -> Result<Watching, GroupError> {
+    pub(crate) fn watch(&self, names: &[String], goal: Goal) -> Result<Watching, GroupError> {
         // Subscribed first: every event after the statuses are taken is seen.
         let events = self.host_events();
         let mut watched = Vec::with_capacity(names.len());
@@ -174,9 +174,9 @@ impl Group {
             let Some(w) = take(name) else { continue };
             let before = w.judge.before().clone();
             if before.at_rest() {
-                let mut outcome = Judge::new(Goal::Start, before).reconfigured();
-                outcome.took_ms = 0;
-                watching.known.push(outcome);
+                watching
+                    .known
+                    .push(Judge::new(Goal::Start, before).reconfigured());
             } else {
                 watching.watched.push((
                     Watched {

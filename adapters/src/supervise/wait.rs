@@ -257,7 +257,11 @@ impl Judge {
                     "restarted",
                     format!("restarted, pid {old} -> {pid}, {when} in {took}"),
                 ),
-                (Goal::Start, _) if !new => ("ready", format!("ready, pid {pid}, in {took}")),
+                // The instance there was, now past its startup probe or ready.
+                (Goal::Start, _) if !new => (
+                    if s.has_readiness { "ready" } else { "started" },
+                    format!("{when}, pid {pid}, in {took}"),
+                ),
                 (Goal::Reset, _) => (
                     "reset",
                     format!("breaker reset; started, pid {pid}, {when} in {took}"),

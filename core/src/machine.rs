@@ -894,8 +894,8 @@ impl Machine {
         self.phase = Phase::Idle(rest);
     }
 
-    /// The probes and sampling a live instance needs now.
-    fn watch_set(&self, live: Live) -> (Roles, bool) {
+    /// The probes a live instance needs now.
+    fn probe_set(&self, live: Live) -> Roles {
         let h = &self.policy.health;
         let mut roles = Roles::NONE;
         if !live.started && h.startup.is_some() {
@@ -907,20 +907,17 @@ impl Machine {
         if live.started && h.readiness.is_some() {
             roles = roles.with(ProbeRole::Readiness);
         }
-        // Every live instance is sampled: status shows the usage of every process, and the
-        // limits, if any, are judged on the same samples.
-        (roles, true)
+        roles
     }
 
+    /// Every live instance is sampled, with or without limits: status shows the usage of every
+    /// process, and the limits, if any, are judged on the same samples.
     fn watch(&self, live: Live, s: &mut Step) {
-        let (probes, sampling) = self.watch_set(live);
-        if !probes.is_empty() || sampling {
-            s.effect(Effect::Watch {
-                instance: live.instance,
-                probes,
-                sampling,
-            });
-        }
+        s.effect(Effect::Watch {
+            instance: live.instance,
+            probes: self.probe_set(live),
+            sampling: true,
+        });
     }
 
     /// The instance stops being live (exit, stop, kill or restart): its run is judged, and its
@@ -931,14 +928,11 @@ impl Machine {
     }
 
     fn unwatch(&mut self, live: Live, s: &mut Step) {
-        let (probes, sampling) = self.watch_set(live);
-        if !probes.is_empty() || sampling {
-            s.effect(Effect::Watch {
-                instance: live.instance,
-                probes: Roles::NONE,
-                sampling: false,
-            });
-        }
+        s.effect(Effect::Watch {
+            instance: live.instance,
+            probes: Roles::NONE,
+            sampling: false,
+        });
         if self.probes.readiness.healthy() {
             s.notify(Notification::ReadyChanged {
                 instance: live.instance,

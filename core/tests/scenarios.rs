@@ -1140,3 +1140,33 @@ fn the_last_restart_cause_is_named() {
     d.input(Input::Gone { instance });
     assert_eq!(d.m.last_restart_cause(), Some("manual_restart"));
 }
+
+/// An instance with neither probes nor limits is still sampled (status shows every process's
+/// usage), and its sampling ends when it leaves.
+#[test]
+fn every_live_instance_is_sampled_until_it_leaves() {
+    let mut d = Drive::new(Drive::policy());
+    d.input(Input::Start);
+    let out = d.spawned();
+    let instance = d.instance();
+    assert!(has(
+        &out,
+        Effect::Watch {
+            instance,
+            probes: processcontrol_core::Roles::NONE,
+            sampling: true
+        }
+    ));
+    let out = d.input(Input::Exited {
+        instance,
+        status: ExitStatus::Code(0),
+    });
+    assert!(has(
+        &out,
+        Effect::Watch {
+            instance,
+            probes: processcontrol_core::Roles::NONE,
+            sampling: false
+        }
+    ));
+}

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use processcontrol_core::{
-    ExitStatus, IgnoreReason, Input, Instance, Machine, Notification, Policy, ProbeFailure,
-    ProbeResult, ProbeRole, RestartCause, Signal, SpawnError, Timestamp, Usage,
+    Cooldown, ExitStatus, IgnoreReason, Input, Instance, Machine, Notification, Policy,
+    ProbeFailure, ProbeResult, ProbeRole, RestartCause, Signal, SpawnError, Timestamp, Usage,
 };
 
 #[test]
@@ -127,6 +127,19 @@ fn probe_failures_have_names_and_texts() {
     ] {
         assert_eq!(failure.name(), name);
         assert_eq!(failure.to_string(), text);
+    }
+}
+
+/// A breaker cooldown reads as it is written in a config file, and back.
+#[test]
+fn cooldowns_read_as_written() {
+    for (cooldown, text) in [
+        (Cooldown::Never, "never"),
+        (Cooldown::After(Duration::from_secs(300)), "300s"),
+        (Cooldown::After(Duration::from_millis(1500)), "1500ms"),
+    ] {
+        assert_eq!(cooldown.to_string(), text);
+        assert_eq!(text.parse::<Cooldown>(), Ok(cooldown));
     }
 }
 

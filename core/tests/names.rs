@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use processcontrol_core::group::{Condition, GroupConfigError, GroupConfigErrors};
 use processcontrol_core::{
-    Cooldown, ExitStatus, IgnoreReason, Input, Instance, Machine, Notification, Policy,
-    ProbeFailure, ProbeResult, ProbeRole, RestartCause, Signal, SpawnError, Timestamp, Usage,
+    Cooldown, ExitStatus, IgnoreReason, Input, Instance, LimitAction, Machine, Notification,
+    Policy, ProbeFailure, ProbeResult, ProbeRole, Resource, RestartCause, Signal, SpawnError,
+    Timestamp, Usage,
 };
 
 #[test]
@@ -141,6 +143,69 @@ fn cooldowns_read_as_written() {
         assert_eq!(cooldown.to_string(), text);
         assert_eq!(text.parse::<Cooldown>(), Ok(cooldown));
     }
+}
+
+/// Resources, limit actions and dependency conditions are named as users write them.
+#[test]
+fn resources_actions_and_conditions_have_their_names() {
+    let names: Vec<_> = Resource::ALL.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["memory", "cpu", "fds", "processes", "threads"]);
+    for (action, name) in [
+        (LimitAction::Warn, "warn"),
+        (LimitAction::Restart, "restart"),
+        (LimitAction::GracefulShutdown, "graceful-shutdown"),
+        (LimitAction::Kill, "kill"),
+    ] {
+        assert_eq!(action.name(), name);
+    }
+    let conditions: Vec<_> = Condition::ALL.iter().map(|c| c.to_string()).collect();
+    assert_eq!(conditions, ["started", "healthy", "completed"]);
+}
+
+/// A signal is read as `SIGTERM`, `TERM` or `term`, each the signal of that name.
+#[test]
+fn signals_read_by_name() {
+    for signal in Signal::ALL {
+        let name = signal.name();
+        assert_eq!(name.parse::<Signal>(), Ok(signal));
+        assert_eq!(name[3..].to_ascii_lowercase().parse::<Signal>(), Ok(signal));
+    }
+    assert!("SIGNOPE".parse::<Signal>().is_err());
+}
+
+/// A group's problems read as one line, each separated by `; `.
+#[test]
+fn group_config_errors_read_as_one_line() {
+    let errors = GroupConfigErrors(vec![
+        GroupConfigError::Cycle(vec!["a".into(), "b".into()]),
+        GroupConfigError::Cycle(vec!["c".into(), "d".into()]),
+    ]);
+    assert_eq!(
+        errors.to_string(),
+        "dependency cycle among a, b; dependency cycle among c, d"
+    );
+    assert_eq!(
+        GroupConfigErrors(vec![GroupConfigError::Cycle(vec!["x".into()])]).to_string(),
+        "dependency cycle among x"
+    );
+}
+
+/// Durations in a serialized policy read as config files write them, and back.
+#[test]
+fn durations_deserialize_as_written() {
+    use serde::de::IntoDeserializer;
+    let read = |text: &str| {
+        processcontrol_core::units::serde_duration::deserialize(text.into_deserializer()
+            as serde::de::value::StrDeserializer<'_, serde::de::value::Error>)
+    };
+    assert_eq!(read("1m 30s"), Ok(Duration::from_secs(90)));
+    assert!(read("soon").is_err());
+}
+
+/// Timestamps keep their nanoseconds.
+#[test]
+fn timestamps_keep_their_nanoseconds() {
+    assert_eq!(Timestamp::from_nanos(123_456_789).as_nanos(), 123_456_789);
 }
 
 /// The machine's clock is the latest `now` it was given; an earlier one does not move it back.

@@ -321,11 +321,12 @@ impl Group {
     }
 
     /// What a member's start waits for: the first dependency not wanted up or not meeting
-    /// its condition. `None` when it is not waiting to start.
+    /// its condition. `None` when it is not waiting to start (during a shutdown every member
+    /// is wanted down, so none is).
     pub fn waiting_for(&self, id: MemberId) -> Option<(MemberId, Condition)> {
         let m = self.get(id)?;
         match m.intent {
-            Intent::Up { start_sent: false } if self.shutdown.is_none() => self.unmet(m),
+            Intent::Up { start_sent: false } => self.unmet(m),
             _ => None,
         }
     }
@@ -348,11 +349,6 @@ impl Group {
     /// part of a restart of everything.
     pub fn is_start_pending(&self, id: MemberId) -> bool {
         self.get(id).is_some_and(|m| counts_as_to_start(m.intent))
-    }
-
-    /// Whether a member's start is held back by a dependency.
-    pub fn is_waiting(&self, id: MemberId) -> bool {
-        self.waiting_for(id).is_some()
     }
 
     /// What was last seen of a member.

@@ -1,0 +1,122 @@
+//! Group machine stories on virtual time: what a driver and `status` read of the gate and of
+//! an ordered stop while they happen.
+
+use processcontrol_core::{
+    Condition, Group, GroupConfig, GroupEffect, GroupInput, GroupOutcome, GroupPolicy,
+    MemberConfig, MemberId, Observed, StateName, Timestamp,
+};
+
+/// `db` (with a readiness condition) and `web`, which needs `db` healthy.
+fn db_and_web() -> (Group, MemberId, MemberId, GroupOutcome) {
+    let member = |name: &str, depends_on: Vec<(String, Condition)>, fingerprint| MemberConfig {
+        name: name.into(),
+        depends_on,
+        fingerprint,
+        has_readiness: name == "db",
+    };
+    let config = GroupConfig::new(vec![
+        member("web", vec![("db".into(), Condition::Healthy)], 22),
+        member("db", Vec::new(), 11),
+    ])
+    .expect("valid");
+    let mut group = Group::new(GroupPolicy::default());
+    let mut out = GroupOutcome::default();
+    group.handle(Timestamp::ZERO, GroupInput::Apply(config), &mut out);
+    let db = group.find("db").expect("db");
+    let web = group.find("web").expect("web");
+    (group, db, web, out)
+}
+
+fn seen(state: StateName, ready: bool, newest: u64) -> Observed {
+    Observed {
+        state,
+        ready,
+        has_instance: !matches!(state, StateName::Stopped | StateName::Exited),
+        newest,
+    }
+}
+
+fn observe(group: &mut Group, member: MemberId, seen: Observed, out: &mut GroupOutcome) {
+    group.handle(Timestamp::ZERO, GroupInput::Observed { member, seen }, out);
+}
+
+#[test]
+fn a_gated_start_says_what_it_waits_for_until_it_is_sent() {
+    let (mut group, db, web, mut out) = db_and_web();
+    assert!(out.effects.contains(&GroupEffect::Start(db)));
+    assert!(!out.effects.contains(&GroupEffect::Start(web)));
+    assert_eq!(group.fingerprint(db), Some(11));
+    assert_eq!(group.fingerprint(web), Some(22));
+    assert_eq!(group.waiting_for(web), Some((db, Condition::Healthy)));
+    assert_eq!(group.waiting_for(db), None, "db's start is sent");
+    assert!(group.is_start_pending(web));
+    assert!(!group.is_start_pending(db));
+
+    observe(&mut group, db, seen(StateName::Running, false, 1), &mut out);
+    assert!(!out.effects.contains(&GroupEffect::Start(web)));
+    assert_eq!(group.waiting_for(web), Some((db, Condition::Healthy)));
+
+    observe(&mut group, db, seen(StateName::Running, true, 1), &mut out);
+    assert_eq!(out.effects, [GroupEffect::Start(web)]);
+    assert_eq!(group.waiting_for(web), None);
+    assert!(!group.is_start_pending(web));
+}
+
+#[test]
+fn an_ordered_stop_holds_a_dependency_until_its_dependents_are_gone() {
+    let (mut group, db, web, mut out) = db_and_web();
+    observe(&mut group, db, seen(StateName::Running, true, 1), &mut out);
+    observe(
+        &mut group,
+        web,
+        seen(StateName::Running, false, 1),
+        &mut out,
+    );
+    assert!(!group.is_stop_pending(db) && !group.is_stop_pending(web));
+
+    group.handle(Timestamp::ZERO, GroupInput::StopAll, &mut out);
+    assert_eq!(out.effects, [GroupEffect::Stop(web)]);
+    assert!(group.is_stop_pending(db), "db waits for web to be gone");
+    assert!(!group.is_stop_pending(web), "web's stop is sent");
+    assert!(!group.is_start_pending(db) && !group.is_start_pending(web));
+
+    observe(
+        &mut group,
+        web,
+        seen(StateName::Stopped, false, 1),
+        &mut out,
+    );
+    assert_eq!(out.effects, [GroupEffect::Stop(db)]);
+    assert!(!group.is_stop_pending(db));
+
+    // A restart of everything: stopped members count as starts to come until they are sent.
+    observe(&mut group, db, seen(StateName::Stopped, false, 1), &mut out);
+    group.handle(Timestamp::ZERO, GroupInput::RestartAll, &mut out);
+    assert!(out.effects.contains(&GroupEffect::Start(db)));
+    assert!(group.is_start_pending(web));
+}
+
+#[test]
+fn group_inputs_have_their_names() {
+    let (_, db, _, _) = db_and_web();
+    let config = GroupConfig::new(Vec::new()).expect("empty is valid");
+    for (input, name) in [
+        (GroupInput::Apply(config), "apply"),
+        (GroupInput::Start(db), "start"),
+        (GroupInput::StartAll, "start_all"),
+        (GroupInput::Stop(db), "stop"),
+        (GroupInput::StopAll, "stop_all"),
+        (GroupInput::RestartAll, "restart_all"),
+        (GroupInput::Shutdown, "shutdown"),
+        (
+            GroupInput::Observed {
+                member: db,
+                seen: Observed::STOPPED,
+            },
+            "observed",
+        ),
+        (GroupInput::Tick, "tick"),
+    ] {
+        assert_eq!(input.name(), name);
+    }
+}

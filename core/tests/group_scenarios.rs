@@ -120,3 +120,24 @@ fn group_inputs_have_their_names() {
         assert_eq!(input.name(), name);
     }
 }
+
+#[test]
+fn a_shutdown_has_its_deadline_until_it_completes() {
+    let (mut group, db, web, mut out) = db_and_web();
+    assert_eq!(group.has_readiness(db), Some(true));
+    assert_eq!(group.has_readiness(web), Some(false));
+    observe(&mut group, db, seen(StateName::Running, true, 1), &mut out);
+    assert!(!group.is_shutting_down());
+    assert_eq!(group.poll_timeout(), None, "no deadline before a shutdown");
+
+    let began = Timestamp::from_millis(5_000);
+    group.handle(began, GroupInput::Shutdown, &mut out);
+    assert!(group.is_shutting_down() && !group.is_shut_down());
+    assert_eq!(
+        group.poll_timeout(),
+        Some(began.saturating_add(GroupPolicy::default().shutdown_grace))
+    );
+    observe(&mut group, db, seen(StateName::Stopped, false, 1), &mut out);
+    assert!(group.is_shut_down());
+    assert_eq!(group.poll_timeout(), None, "nothing left to kill");
+}

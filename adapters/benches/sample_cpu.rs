@@ -8,6 +8,7 @@
 //! The sampler runs through its real driver ([`spawn`]) on a tokio runtime; the bench
 //! process does nothing else, so getrusage(RUSAGE_SELF) is the sampler's cost (the
 //! children are not waited for during the measurement, so their CPU is not included).
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};

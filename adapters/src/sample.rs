@@ -460,6 +460,7 @@ mod tests {
     /// Both ways of finding descendants see the same tree (the fallback scan is what
     /// kernels without CONFIG_PROC_CHILDREN get).
     #[test]
+    #[allow(clippy::disallowed_types)] // a tree to sample, not supervised: no reaper of ours runs
     fn children_files_and_parent_scan_agree() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")

@@ -1,6 +1,7 @@
 //! Who may talk to the control socket: `SO_PEERCRED` on both sides, with helper processes
 //! running as `nobody` (via `setpriv`) when the tests run as root. What cannot be
 //! exercised here (not root, no `setpriv` or `python3`) is said on stderr and skipped.
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

@@ -1,4 +1,5 @@
 //! Capture of a pipe into the ring and the printer.
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 use std::io;
 use std::pin::Pin;

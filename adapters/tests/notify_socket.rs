@@ -1,4 +1,5 @@
 //! Notify sockets with real datagrams from this process and from helper processes.
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 use std::collections::HashSet;
 use std::io::Write;

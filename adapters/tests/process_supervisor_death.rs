@@ -4,6 +4,7 @@
 //! variable), SIGKILLs it, and checks that every child it had started is dead within a
 //! second. This test process makes itself a child subreaper, so the orphans are reparented
 //! to it and their death is observed exactly with `waitpid` rather than by polling.
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 #[path = "process_support/mod.rs"]
 mod support;

@@ -1,4 +1,5 @@
 //! The sampler task: add/remove at runtime, gone roots, shutdown.
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};

@@ -1,4 +1,5 @@
 //! The sampling engine against real helper processes (python3 and sh children).
+#![allow(clippy::disallowed_types)] // the test's own helper processes, not started by a supervisor under test
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;

@@ -10,9 +10,9 @@ use crate::policy::{LimitAction, Resource};
 use crate::signal::Signal;
 use crate::time::Timestamp;
 
-/// An imperative for the adapter.
+/// An imperative for the adapter. Exhaustive on purpose: a new effect must be a compile error
+/// in every driver, not a warning at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Effect {
     /// Start a new instance. Answer with [`crate::Input::Spawned`] or
     /// [`crate::Input::SpawnFailed`]; the machine never assumes it worked.

@@ -214,9 +214,10 @@ fn render() -> String {
                     Effect::Spawn { kind, .. } => format!("Spawn({kind:?})"),
                     Effect::Signal { signal, .. } => format!("Signal({signal})"),
                     Effect::KillGroup { .. } => "KillGroup".to_string(),
-                    Effect::Watch { probes, .. } if probes.is_empty() => "Unwatch".to_string(),
+                    Effect::Watch {
+                        sampling: false, ..
+                    } => "Unwatch".to_string(),
                     Effect::Watch { .. } => "Watch".to_string(),
-                    other => format!("{other:?}"),
                 })
                 .collect();
             let note = outcome

@@ -252,9 +252,6 @@ impl Driver {
                     .watch(instance, pid, probes, sampling, self.reporter.clone())
                     .await
             }
-            other => {
-                tracing::warn!(process = %self.name, ?other, "effect this runtime does not know")
-            }
         }
     }
 

@@ -73,7 +73,7 @@ pub fn clock(t: SystemTime) -> String {
 
 /// [`clock`] of an RFC 3339 time, as events and status carry them.
 pub fn clock_of(rfc3339: &str) -> Option<String> {
-    humantime::parse_rfc3339(rfc3339).ok().map(clock)
+    crate::logs::time::parse_rfc3339(rfc3339).map(clock)
 }
 
 /// A signal number with its name where known: `signal 9 (SIGKILL)`.

@@ -220,7 +220,7 @@ impl Narrator {
             return out;
         };
         let said = Said {
-            at: humantime::parse_rfc3339(&event.time).unwrap_or_else(|_| SystemTime::now()),
+            at: crate::logs::time::parse_rfc3339(&event.time).unwrap_or_else(SystemTime::now),
             process: event.process.clone(),
             text,
             tone,

@@ -51,7 +51,7 @@ impl EchoFormat {
     pub fn prefix(&self, line: &LogLine) -> String {
         let mut out = String::new();
         if self.timestamps {
-            let time = humantime::format_rfc3339_millis(line.time).to_string();
+            let time = super::time::format_rfc3339_millis(line.time);
             // `2026-12-03T12:21:05.123Z` -> `12:21:05.123`.
             out.push_str(time.get(11..23).unwrap_or(&time));
             out.push(' ');

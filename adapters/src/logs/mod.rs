@@ -19,7 +19,7 @@ mod capture;
 mod line;
 mod ring;
 mod rotate;
-mod time;
+pub(crate) mod time;
 
 use std::time::SystemTime;
 

@@ -1,4 +1,5 @@
-//! RFC 3339 formatting and parsing of wall-clock times, in UTC.
+//! RFC 3339 formatting and parsing of wall-clock times, in UTC: the one writer and reader of
+//! the times in events, status, log files and narration.
 //!
 //! Written here rather than borrowed because the usual helpers panic on times before 1970
 //! or after 9999, and a log line must never take the supervisor down.

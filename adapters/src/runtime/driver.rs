@@ -336,7 +336,7 @@ impl Driver {
             last_error_time: self
                 .last_error
                 .as_ref()
-                .map(|(_, t)| humantime::format_rfc3339_millis(*t).to_string()),
+                .map(|(_, t)| crate::logs::time::format_rfc3339_millis(*t)),
             rss: usage.map(|u| u.memory),
             cpu: usage.and_then(|u| u.cpu),
             usage,

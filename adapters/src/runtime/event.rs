@@ -299,7 +299,7 @@ impl Event {
                     next_trial: (to == StateName::BreakerOpen)
                         .then(|| cx.next_trial())
                         .flatten()
-                        .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                        .map(crate::logs::time::format_rfc3339_millis),
                 },
             ),
             Notification::ReadyChanged { instance, ready } => (
@@ -438,5 +438,5 @@ impl Event {
 
 /// Now, as RFC 3339 in UTC with milliseconds.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+    crate::logs::time::format_rfc3339_millis(SystemTime::now())
 }

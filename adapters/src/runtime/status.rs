@@ -220,7 +220,7 @@ pub(crate) fn action_name(kind: DeadlineKind) -> &'static str {
 
 /// A wall-clock time as RFC 3339 in UTC with milliseconds, as events give times.
 pub fn rfc3339_text(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    crate::logs::time::format_rfc3339_millis(t)
 }
 
 fn rfc3339<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {

@@ -467,9 +467,19 @@ pub async fn observe(
     let mut first = true;
     while left > 0 {
         let settled: Vec<(usize, Outcome)> = if std::mem::take(&mut first) {
-            (0..slots.len())
-                .filter_map(|i| judge_status(&slots, i).map(|o| (i, o)))
-                .collect()
+            // What the command already led to may be on both channels by now: its events
+            // first, as everywhere else.
+            let mut settled: Vec<(usize, Outcome)> = Vec::new();
+            while let Ok(event) = events.try_recv() {
+                settled.extend(judge_event(&mut slots, &index, &event));
+            }
+            settled.extend(
+                (0..slots.len())
+                    .filter(|i| !settled.iter().any(|(j, _)| j == i))
+                    .filter_map(|i| judge_status(&slots, i).map(|o| (i, o)))
+                    .collect::<Vec<_>>(),
+            );
+            settled
         } else {
             tokio::select! {
             biased;

@@ -596,13 +596,18 @@ impl Group {
     fn want_up(&mut self, id: MemberId) {
         let m = self.member(id);
         let idle = !m.seen.has_instance && m.seen.state != StateName::Restarting;
+        // Being stopped, by the group or by its own machine (a limit's graceful shutdown):
+        // it needs a start to come back, which its machine carries out once it is gone. A
+        // start sent since this instance spawned is that start, still to be carried out.
+        let stopping = matches!(m.seen.state, StateName::ShuttingDown | StateName::Killed);
+        let start_consumed = m.seen.newest > m.started_after;
         let next = match m.intent {
             Intent::Leaving { .. } | Intent::Up { start_sent: false } => return,
-            Intent::Up { start_sent: true } if !idle => return,
+            Intent::Up { start_sent: true } if !idle && !(stopping && start_consumed) => return,
             // An ordered stop not sent yet: it never left, so nothing needs sending.
             Intent::Down {
                 stop_sent: false, ..
-            } if !idle => Intent::Up { start_sent: true },
+            } if !idle && !stopping => Intent::Up { start_sent: true },
             _ => Intent::Up { start_sent: false },
         };
         self.set_intent(id, next);
@@ -630,14 +635,26 @@ impl Group {
     fn stop_all(&mut self, then_start: bool, out: &mut GroupOutcome) {
         for i in 0..self.order.len() {
             let id = self.order[i];
-            if !matches!(self.member(id).intent, Intent::Leaving { .. }) {
-                self.set_intent(
-                    id,
-                    Intent::Down {
-                        stop_sent: false,
-                        then_start,
-                    },
-                );
+            match self.member(id).intent {
+                Intent::Leaving { .. } => {}
+                // A stop already sent (`stop NAME`) and still going on is not sent again, nor
+                // forgotten; one at rest goes through the release like any other.
+                intent => {
+                    let stop_sent = matches!(
+                        intent,
+                        Intent::Down {
+                            stop_sent: true,
+                            ..
+                        }
+                    ) && !self.member(id).seen.at_rest();
+                    self.set_intent(
+                        id,
+                        Intent::Down {
+                            stop_sent,
+                            then_start,
+                        },
+                    );
+                }
             }
             // Popped last first: dependents tend to come after what they need in a file,
             // and `release_work` holds back anything with a live dependent anyway.
@@ -730,7 +747,11 @@ impl Group {
             None => {
                 let m = self.member_mut(id);
                 m.awaiting = None;
-                m.started_after = m.seen.newest;
+                // A start to an instance that is alive and not being stopped changes nothing:
+                // that instance is the run the start asks for. Otherwise the next one is.
+                let alive = m.seen.has_instance
+                    && !matches!(m.seen.state, StateName::ShuttingDown | StateName::Killed);
+                m.started_after = m.seen.newest - u64::from(alive && m.seen.newest > 0);
                 self.set_intent(id, Intent::Up { start_sent: true });
                 out.effects.push(GroupEffect::Start(id));
             }

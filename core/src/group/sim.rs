@@ -2,8 +2,9 @@
 //! each member is a coarse model of its process machine (spawn, run, become ready, crash,
 //! finish, stop slowly or ignore the stop signal), random dependency graphs whose file order
 //! differs from their dependency order, and random commands and reloads. After every step it
-//! checks the group's invariants (numbered G1-G6 as in docs/state-machine.md), and every run
-//! ends with a shutdown that must complete within `shutdown_grace` plus one kill retry.
+//! checks the group's invariants (numbered G1-G7 as in docs/state-machine.md); every run ends
+//! with a start of everything that must bring every member up (G7) and a shutdown that must
+//! complete within `shutdown_grace` plus one kill retry (G6).
 //!
 //! Configurations and operations decode from plain bytes, so proptest and cargo-fuzz share one
 //! decoder.
@@ -22,7 +23,7 @@ use crate::time::Timestamp;
 /// A broken invariant, with the story that led to it.
 #[derive(Clone, Debug)]
 pub struct Violation {
-    /// Which invariant (G1-G6, as in docs/state-machine.md).
+    /// Which invariant (G1-G7, as in docs/state-machine.md).
     pub invariant: &'static str,
     /// What was wrong.
     pub detail: String,
@@ -259,6 +260,7 @@ pub fn run(data: &[u8], record: bool) -> Result<Stats, Violation> {
         let op = decode_op(&mut bytes);
         sim.op(op)?;
     }
+    sim.everything_comes_up()?;
     sim.shutdown()?;
     Ok(sim.stats)
 }
@@ -812,6 +814,85 @@ impl Sim {
                     self.group.members().len()
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// G7: the group holds nothing back for nothing. After a start of everything, with an OS
+    /// that carries out every start and stop (each spawn comes up and becomes ready, each
+    /// stopped instance goes, nothing crashes or finishes), every member is running unless it
+    /// waits, directly or through others, for a `completed` condition (nothing finishes here).
+    fn everything_comes_up(&mut self) -> Result<(), Violation> {
+        self.op(Op::StartAll)?;
+        // Each round moves every member one step; a member needs at most spawn, up, ready,
+        // and a dependency chain is at most as long as the members are many.
+        for _ in 0..4 * (NAMES.len() + 2) {
+            let mut moved = false;
+            for (i, id) in self.group.members().to_vec().into_iter().enumerate() {
+                let name = self.name_of(id);
+                let Some(fake) = self.fakes.get(&name) else {
+                    continue;
+                };
+                let wants_ready = self.spec(&name).is_some_and(|s| s.config.has_readiness);
+                let op = match (fake.state, fake.has_instance) {
+                    (StateName::Starting, true) => Op::Up(i as u8),
+                    (StateName::Running, true) if wants_ready && !fake.ready => {
+                        Op::Ready(i as u8, true)
+                    }
+                    (StateName::ShuttingDown | StateName::Killed, true) => {
+                        // Its own machine kills what ignores the stop signal after its grace.
+                        self.fakes.get_mut(&name).expect("known").stubborn = false;
+                        Op::Gone(i as u8)
+                    }
+                    (StateName::Restarting, false) => Op::Respawn(i as u8),
+                    _ => continue,
+                };
+                moved = true;
+                self.op(op)?;
+            }
+            if !moved {
+                break;
+            }
+        }
+        let waits_for_completion = |sim: &Sim, name: &str| {
+            let mut todo = vec![name.to_string()];
+            let mut seen = Vec::new();
+            while let Some(n) = todo.pop() {
+                if seen.contains(&n) {
+                    continue;
+                }
+                for (dep, condition) in sim.spec(&n).map_or(&[][..], |s| &s.config.depends_on) {
+                    if *condition == Condition::Completed {
+                        return true;
+                    }
+                    todo.push(dep.clone());
+                }
+                seen.push(n);
+            }
+            false
+        };
+        for spec in &self.specs {
+            let name = &spec.config.name;
+            if waits_for_completion(self, name) {
+                continue;
+            }
+            let state = self.fakes.get(name).map(|f| f.state);
+            if state != Some(StateName::Running) {
+                let waiting = self
+                    .group
+                    .find(name)
+                    .and_then(|id| self.group.waiting_for(id))
+                    .map(|(dep, condition)| {
+                        format!(", waiting for {} {condition}", self.name_of(dep))
+                    });
+                return Err(self.fail(
+                    "G7",
+                    format!(
+                        "{name} is {state:?} after a start of everything{}",
+                        waiting.unwrap_or_default()
+                    ),
+                ));
+            }
         }
         Ok(())
     }

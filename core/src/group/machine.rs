@@ -600,10 +600,10 @@ impl Group {
         // it needs a start to come back, which its machine carries out once it is gone. A
         // start sent since this instance spawned is that start, still to be carried out.
         let stopping = matches!(m.seen.state, StateName::ShuttingDown | StateName::Killed);
-        let start_consumed = m.seen.newest > m.started_after;
+        let lost_start = stopping && m.seen.newest > m.started_after;
         let next = match m.intent {
             Intent::Leaving { .. } | Intent::Up { start_sent: false } => return,
-            Intent::Up { start_sent: true } if !idle && !(stopping && start_consumed) => return,
+            Intent::Up { start_sent: true } if !idle && !lost_start => return,
             // An ordered stop not sent yet: it never left, so nothing needs sending.
             Intent::Down {
                 stop_sent: false, ..

@@ -14,6 +14,7 @@ pub mod notify;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod rundir;
 pub mod runtime;
 pub mod sample;
 pub mod supervise;

@@ -224,10 +224,63 @@ async fn missing_directory_does_not_stall_capture_and_recovery_marks_the_gap() {
     let _ = std::fs::remove_dir_all(&parent);
 }
 
+/// A one-page tmpfs mounted on a directory and filled to the last byte; unmounted on drop.
+struct FullDisk(PathBuf);
+
+impl FullDisk {
+    fn mount(dir: &Path) -> Option<FullDisk> {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
+        let target = CString::new(dir.as_os_str().as_bytes()).expect("no NUL in a temp path");
+        // SAFETY: mount(2) with valid C strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"size=4k".as_ptr().cast(),
+            )
+        };
+        if rc != 0 {
+            eprintln!(
+                "skipped: cannot mount a tiny tmpfs to fill up (needs root): {}",
+                std::io::Error::last_os_error()
+            );
+            return None;
+        }
+        let disk = FullDisk(dir.to_path_buf());
+        let mut filler = std::fs::File::create(dir.join("filler")).expect("filler file");
+        let page = [0u8; 4096];
+        loop {
+            match std::io::Write::write(&mut filler, &page) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        Some(disk)
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(target) = std::ffi::CString::new(self.0.as_os_str().as_bytes()) {
+            // SAFETY: umount2(2) with a valid C string.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_enospc_is_reported_without_stalling_or_spinning() {
+    // A log file is never opened through a symlink (one to /dev/full included): a tiny tmpfs,
+    // filled up before the writer starts, is a real full disk.
     let dir = test_dir("full");
-    std::os::unix::fs::symlink("/dev/full", dir.join("db.log")).expect("symlink");
+    let Some(disk) = FullDisk::mount(&dir) else {
+        return;
+    };
     let retry = Duration::from_millis(50);
     let config = FileConfig {
         retry_initial: retry,
@@ -258,6 +311,7 @@ async fn full_disk_enospc_is_reported_without_stalling_or_spinning() {
         "{} errors in {elapsed:?}",
         status.write_errors
     );
+    drop(disk);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -174,7 +174,7 @@ pub struct ConfigArg {
 #[derive(Debug, Args)]
 pub struct SocketArg {
     /// The daemon's control socket [default: $XDG_RUNTIME_DIR/processcontrol.sock, or
-    /// /tmp/processcontrol-UID.sock].
+    /// /run/processcontrol/control.sock for root, or /tmp/processcontrol-UID/control.sock].
     #[arg(long, env = "PROCESSCONTROL_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }

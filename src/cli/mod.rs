@@ -3,6 +3,7 @@
 mod args;
 mod client;
 mod ending;
+mod events_out;
 mod exit;
 mod run;
 mod systemd;
@@ -17,6 +18,8 @@ pub use args::{Cli, Command, LogFormat};
 
 /// Parses the command line and runs the subcommand; returns the process exit status.
 pub fn main() -> u8 {
+    // Before anything else: no inherited descriptor may reach the children.
+    processcontrol::adapters::process::seal_inherited_descriptors();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

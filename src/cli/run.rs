@@ -1,7 +1,6 @@
 //! `processcontrol run`: one program in the foreground, its output passed through, the
 //! supervisor's signals turned into a graceful stop, and its fate turned into an exit status.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,6 +15,7 @@ use processcontrol::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::args::RunArgs;
+use super::events_out::EventsOut;
 use super::exit;
 use super::systemd::Systemd;
 
@@ -30,6 +30,14 @@ pub fn run(args: RunArgs, voice: Voice) -> u8 {
             Ok(spec) => spec,
             Err(message) => return exit::usage(&message),
         },
+    };
+    // The program's output is its own: inherited, never copied (so never lost or altered),
+    // unless a log file (`--log-dir`, `logs.file`) must see it too: then it is captured and
+    // printed as is.
+    spec.logs.echo = if spec.logs.dir.is_some() {
+        Echo::Plain
+    } else {
+        Echo::Inherit
     };
     // `--events -` owns stdout: the program's stdout goes to stderr, so the two never mix.
     spec.logs.echo_format.stdout_to_stderr = args.events.as_deref() == Some(Path::new("-"));
@@ -77,7 +85,6 @@ fn from_config(file: &Path, argv: &[String]) -> Result<ProcessSpec, u8> {
         )));
     };
     let mut spec = entry.spec.clone();
-    spec.logs.echo = Echo::Plain;
     spec.policy.seed = u64::from(std::process::id());
     Ok(spec)
 }
@@ -143,7 +150,6 @@ fn build(args: &RunArgs) -> Result<ProcessSpec, String> {
             },
         })
         .stop(p.stop_signal, p.stop_grace);
-    spec.logs.echo = Echo::Plain;
     // A different seed per run: many supervisors started together do not jitter alike.
     spec.policy.seed = u64::from(std::process::id());
     for (k, v) in &args.env {
@@ -322,7 +328,7 @@ async fn supervise(
         Ok(host) => host,
         Err(e) => return exit::usage(&e.to_string()),
     };
-    let mut events_out = match open_events(events_path.as_deref()) {
+    let (mut events_out, mut reader_gone) = match EventsOut::open(events_path.as_deref()) {
         Ok(out) => out,
         Err(message) => return exit::usage(&message),
     };
@@ -357,36 +363,35 @@ async fn supervise(
     let mut forwarded = Forwarded::install();
     let mut stopping = false;
     let mut narrator = Narrator::new();
-    // Narrates the event and writes it to `--events`; `false` once that reader is gone.
+    // Narrates the event and writes it to `--events`.
     let publish = |event: processcontrol::Event,
                    narrator: &mut Narrator,
-                   events_out: &mut Option<EventsOut>|
-     -> bool {
+                   events_out: &mut Option<EventsOut>| {
         let event = std::sync::Arc::new(event);
         voice.tell(&narrator.event(&event, Instant::now()));
-        match events_out.as_mut() {
-            Some(out) if written(&event.what) => out.write(&event.to_json_line()),
-            _ => true,
+        if let Some(out) = events_out.as_mut().filter(|_| written(&event.what)) {
+            out.send(event.to_json_line());
         }
     };
     loop {
         let due = narrator.next_due();
         tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => {
-                    if !publish(event, &mut narrator, &mut events_out) && !stopping {
-                        // The reader of `--events -` is gone (`| head -3`): stop, as a filter
-                        // whose reader left does.
-                        events_out = None;
-                        stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref());
-                    }
-                }
+                Ok(event) => publish(event, &mut narrator, &mut events_out),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "events output fell behind");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             () = sleep_until(due) => voice.tell(&narrator.due(Instant::now())),
+            () = reader_gone.wait() => {
+                // The reader of `--events -` is gone (`| head -3`): stop, as a filter whose
+                // reader left does.
+                events_out = None;
+                if !stopping {
+                    stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref());
+                }
+            }
             _ = term.recv() => stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref()),
             _ = int.recv() => stopping = stop(&sup, stopping, endpoint.as_ref(), systemd.as_ref()),
             Some(sig) = forwarded.recv() => {
@@ -410,12 +415,18 @@ async fn supervise(
                         systemd.stopping();
                     }
                     sup.shutdown().await;
+                    if let Some(out) = events_out {
+                        out.finish().await;
+                    }
                     return code;
                 }
             }
         }
     }
     voice.tell(&narrator.flush());
+    if let Some(out) = events_out {
+        out.finish().await;
+    }
     exit::GAVE_UP
 }
 
@@ -424,23 +435,6 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Where `--events` goes.
-struct EventsOut {
-    out: Box<dyn Write + Send>,
-}
-
-impl EventsOut {
-    /// Writes one line; `false` once the reader is gone.
-    fn write(&mut self, line: &str) -> bool {
-        match writeln!(self.out, "{line}").and_then(|()| self.out.flush()) {
-            Ok(()) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => false,
-            // Other errors (a full disk) must not stop the supervision.
-            Err(_) => true,
-        }
     }
 }
 
@@ -480,25 +474,6 @@ fn finished(status: &Status, gives_up: bool) -> Option<u8> {
         StateName::Stopped => own(0),
         // Exited or failed without ever running: every spawn failed.
         _ => own(exit::GAVE_UP),
-    }
-}
-
-fn open_events(path: Option<&Path>) -> Result<Option<EventsOut>, String> {
-    let out = |out: Box<dyn Write + Send>| Some(EventsOut { out });
-    match path {
-        None => Ok(None),
-        Some(p) if p == Path::new("-") => Ok(out(Box::new(std::io::stdout()))),
-        Some(p) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-            .map(|f| out(Box::new(f)))
-            .map_err(|e| {
-                format!(
-                    "invalid value '{}' for '--events <PATH|->': {e}",
-                    p.display()
-                )
-            }),
     }
 }
 

@@ -156,6 +156,9 @@ pub fn up(
         let socket = socket
             .or_else(|| config.supervisor.socket.clone())
             .unwrap_or_else(control::default_socket_path);
+        // Before anything starts: what a predecessor killed without a chance to stop its
+        // processes left running (each finding is a warning line).
+        let _ = processcontrol::adapters::supervise::clean_up_dead_supervisors();
         let host = match Host::new(HostConfig::default()) {
             Ok(host) => host,
             Err(e) => return exit::usage(&e.to_string()),
@@ -422,7 +425,12 @@ impl Handler for Daemon {
                         }
                     }
                     use processcontrol::adapters::logs::FollowEvent;
-                    while let Some(event) = follower.next().await {
+                    // Ends as soon as the client leaves, not at the next line (which may
+                    // never come from a quiet process).
+                    while let Some(event) = tokio::select! {
+                        e = follower.next() => e,
+                        () = tx.closed() => None,
+                    } {
                         let value = match event {
                             FollowEvent::Line(line) => json!(line),
                             FollowEvent::Missed(n) => json!({ "missed": n }),
@@ -452,7 +460,11 @@ impl Handler for Daemon {
                         }
                     }
                     loop {
-                        let value = match live.recv().await {
+                        let received = tokio::select! {
+                            r = live.recv() => r,
+                            () = tx.closed() => return,
+                        };
+                        let value = match received {
                             Ok(event) => json!(event),
                             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                                 json!({ "missed": n })

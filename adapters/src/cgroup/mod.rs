@@ -143,16 +143,18 @@ impl Cgroups {
         self.create_parent_named(&format!("processcontrol-{}", std::process::id()))
     }
 
-    /// Removes `processcontrol-<pid>` cgroups of supervisors that are gone (no `/proc/<pid>`)
-    /// and that hold nothing: a supervisor that exited without dropping its parent (e.g. the
-    /// global host) leaves empty directories behind. `rmdir` refuses a cgroup that still has
-    /// processes or child cgroups, so nothing in use is touched.
-    fn remove_stale(&self) {
+    /// Removes `processcontrol-<pid>` cgroups of supervisors that are gone (no `/proc/<pid>`),
+    /// first killing whatever still runs in them: a supervisor that was SIGKILLed leaves its
+    /// instances' descendants running there (the parent-death signal reaches only the
+    /// leaders). Returns the directories removed, and the number of processes killed, so the
+    /// caller can say what a dead predecessor left. Live supervisors' cgroups are not touched.
+    pub fn remove_stale(&self) -> StaleCgroups {
         let own = [
             &self.layout.unified,
             &self.layout.memory_v1,
             &self.layout.freezer_v1,
         ];
+        let mut report = StaleCgroups::default();
         for dir in own.into_iter().flatten() {
             let Ok(entries) = fs::read_dir(dir) else {
                 continue;
@@ -170,18 +172,39 @@ impl Cgroups {
                     continue;
                 }
                 let path = entry.path();
-                if let Ok(children) = fs::read_dir(&path) {
-                    for child in children.flatten() {
-                        if child.file_type().is_ok_and(|t| t.is_dir()) {
-                            let _ = fs::remove_dir(child.path());
-                        }
-                    }
+                let children: Vec<PathBuf> = fs::read_dir(&path)
+                    .map(|d| {
+                        d.flatten()
+                            .filter(|c| c.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|c| c.path())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for child in children.iter().chain(std::iter::once(&path)) {
+                    report.killed += kill_members(child);
                 }
-                if fs::remove_dir(&path).is_ok() {
-                    tracing::debug!(dir = %path.display(), "removed a stale cgroup");
+                // Killed members leave the cgroup once they have exited: a few tries.
+                for attempt in 0..50 {
+                    let mut left = false;
+                    for child in &children {
+                        left |= fs::remove_dir(child).is_err() && child.exists();
+                    }
+                    if !left && fs::remove_dir(&path).is_ok() {
+                        tracing::warn!(
+                            dir = %path.display(),
+                            "removed the cgroup of a supervisor that died (pid {pid})"
+                        );
+                        report.removed.push(path.clone());
+                        break;
+                    }
+                    if attempt == 49 {
+                        tracing::warn!(dir = %path.display(), "cannot remove a dead supervisor's cgroup");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
             }
         }
+        report
     }
 
     /// Creates the parent cgroup with a given name (sanitised to one path component), e.g.
@@ -298,6 +321,34 @@ impl Drop for Created {
             let _ = fs::remove_dir(dir);
         }
     }
+}
+
+/// What [`Cgroups::remove_stale`] found of dead supervisors.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StaleCgroups {
+    /// Their cgroup directories, now removed.
+    pub removed: Vec<PathBuf>,
+    /// Processes that were still running in them and were killed.
+    pub killed: usize,
+}
+
+/// SIGKILLs every process listed in `dir/cgroup.procs` (`cgroup.kill` first where v2 has
+/// it); returns how many were listed.
+fn kill_members(dir: &Path) -> usize {
+    let pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    if pids.is_empty() {
+        return 0;
+    }
+    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    for pid in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    pids.len()
 }
 
 /// `processcontrol-<pid>` in each hierarchy in use: the parent of every instance cgroup of

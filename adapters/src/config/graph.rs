@@ -2,11 +2,14 @@
 //! may wait for itself, directly or through others. Iterative walks only, so a huge generated
 //! file cannot overflow the stack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::error::{ErrorKind, Report};
 use super::process::Dependency;
 use super::value::{join, quote};
+
+/// Unknown dependencies that get a "did you mean" (each costs a pass over every name).
+const MAX_SUGGESTIONS: usize = 100;
 
 /// One process's edges, for the checks.
 pub(crate) struct Node<'a> {
@@ -19,18 +22,28 @@ pub(crate) struct Node<'a> {
 /// dependency on them is not reported as unknown too.
 pub(crate) fn check(r: &mut Report<'_>, nodes: &[Node<'_>], all_names: &[&str]) {
     let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name, i)).collect();
+    let known: HashSet<&str> = all_names.iter().copied().collect();
+    // A suggestion costs an edit distance per name: bounded, so a generated file with
+    // thousands of unknown names is still checked in a moment.
+    let mut suggestions_left = MAX_SUGGESTIONS;
     for node in nodes {
         for dep in node.deps {
-            if all_names.contains(&dep.name.as_str()) {
+            if known.contains(dep.name.as_str()) {
                 continue;
             }
-            let others: Vec<&str> = all_names
-                .iter()
-                .filter(|n| **n != node.name)
-                .copied()
-                .collect();
+            let near = if suggestions_left > 0 {
+                suggestions_left -= 1;
+                let others: Vec<&str> = all_names
+                    .iter()
+                    .filter(|n| **n != node.name)
+                    .copied()
+                    .collect();
+                super::value::suggest(&dep.name, &others)
+            } else {
+                None
+            };
             // One suggestion, never the whole list: a file may have thousands of processes.
-            let message = match super::value::suggest(&dep.name, &others) {
+            let message = match near {
                 Some(near) => format!(
                     "{}: unknown process `{}`; did you mean `{near}`?",
                     join(&join("processes", node.name), "depends_on"),

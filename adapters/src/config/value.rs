@@ -458,6 +458,10 @@ pub(crate) fn command(
             invalid(r, path, v, "the command is empty", EXPECTED);
             None
         }
+        DeValue::String(s) if s.contains('\0') => {
+            invalid(r, path, v, "the command contains a NUL character", EXPECTED);
+            None
+        }
         DeValue::String(s) => Some((
             vec!["/bin/sh".to_string(), "-c".to_string(), s.to_string()],
             None,
@@ -475,6 +479,20 @@ pub(crate) fn command(
                     format!("{path}[0]: the program name is empty"),
                     "a program name or path",
                     "\"\"",
+                );
+                return None;
+            }
+            if let Some((i, (_, span))) = items
+                .iter()
+                .enumerate()
+                .find(|(_, (s, _))| s.contains('\0'))
+            {
+                r.error(
+                    span,
+                    ErrorKind::InvalidValue,
+                    format!("{path}[{i}]: contains a NUL character"),
+                    "a string without NUL (a program cannot receive one)",
+                    "a string with NUL",
                 );
                 return None;
             }

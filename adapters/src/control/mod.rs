@@ -8,7 +8,10 @@
 //! # The socket
 //!
 //! * Path: [`default_socket_path`] — `$PROCESSCONTROL_SOCKET`, else
-//!   `$XDG_RUNTIME_DIR/processcontrol.sock`, else `/tmp/processcontrol-<uid>.sock`.
+//!   `$XDG_RUNTIME_DIR/processcontrol.sock`, else `/run/processcontrol/control.sock` for root,
+//!   else `/tmp/processcontrol-<uid>/control.sock`. The last two directories are created by
+//!   the daemon (`0711`) and checked with `lstat` (a directory, not a symlink, ours, writable
+//!   by nobody else): one prepared by another user is refused with an error, never used.
 //! * Mode `0600`, with no window in which it is wider: the socket is bound inside a fresh
 //!   private (`0700`) directory next to its final path, chmod-ed to `0600` there, and only
 //!   then renamed into place (see [`Server::bind`] for why not `umask`).
@@ -92,14 +95,35 @@ pub const SOCKET_ENV: &str = "PROCESSCONTROL_SOCKET";
 
 /// Where the daemon listens and the CLI connects, unless told otherwise:
 /// `$PROCESSCONTROL_SOCKET`, else `$XDG_RUNTIME_DIR/processcontrol.sock`, else
-/// `/tmp/processcontrol-<uid>.sock` (with the effective uid). Empty variables count as
-/// unset, and so does a relative `XDG_RUNTIME_DIR` (the XDG spec says to ignore it).
+/// `/run/processcontrol/control.sock` for root, else `/tmp/processcontrol-<uid>/control.sock`
+/// (with the effective uid). Empty variables count as unset, and so does a relative
+/// `XDG_RUNTIME_DIR` (the XDG spec says to ignore it).
 pub fn default_socket_path() -> PathBuf {
     socket_path_from(
         std::env::var_os(SOCKET_ENV),
         std::env::var_os("XDG_RUNTIME_DIR"),
         nix::unistd::geteuid().as_raw(),
     )
+}
+
+/// The directory of the default socket when it is one the daemon must create and check
+/// itself (not the user's `XDG_RUNTIME_DIR`).
+fn fallback_dir(uid: u32) -> PathBuf {
+    if uid == 0 {
+        PathBuf::from("/run/processcontrol")
+    } else {
+        PathBuf::from(format!("/tmp/processcontrol-{uid}"))
+    }
+}
+
+/// Creates and checks the socket's directory when it is the fallback one (see
+/// [`default_socket_path`]); other directories are the user's choice and must exist.
+pub(crate) fn prepare_dir(path: &Path) -> std::io::Result<()> {
+    let fallback = fallback_dir(nix::unistd::geteuid().as_raw());
+    if path.parent() == Some(fallback.as_path()) {
+        crate::rundir::ensure_private(&fallback)?;
+    }
+    Ok(())
 }
 
 fn socket_path_from(socket: Option<OsString>, runtime: Option<OsString>, uid: u32) -> PathBuf {
@@ -109,5 +133,5 @@ fn socket_path_from(socket: Option<OsString>, runtime: Option<OsString>, uid: u3
     if let Some(dir) = runtime.filter(|d| Path::new(d).is_absolute()) {
         return Path::new(&dir).join("processcontrol.sock");
     }
-    PathBuf::from(format!("/tmp/processcontrol-{uid}.sock"))
+    fallback_dir(uid).join("control.sock")
 }

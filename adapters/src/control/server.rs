@@ -124,6 +124,10 @@ pub struct ServerConfig {
     /// On shutdown, how long connections may take to finish writing answers already being
     /// written before their tasks are aborted. Default 1 s.
     pub shutdown_grace: Duration,
+    /// How long writing one answer (or one line of a stream) may take; a client that stops
+    /// reading is then disconnected, so it cannot hold a connection slot and the answer's
+    /// memory for ever. Default 10 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -134,6 +138,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 128,
             shutdown_grace: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -181,6 +186,11 @@ impl Server {
         if path.as_os_str().len() > MAX_SOCKET_PATH {
             return Err(ControlError::PathTooLong { path: path.into() });
         }
+        super::prepare_dir(path).map_err(|e| ControlError::Io {
+            action: "prepare the directory of",
+            path: path.into(),
+            source: e,
+        })?;
         check_existing(path).await?;
         let (listener, socket) = bind_private(path)?;
         listener
@@ -403,7 +413,14 @@ impl Connection {
                     Ok(None) => continue,
                     Err(message) => {
                         tracing::debug!(%message, "bad control request");
-                        if send(&mut write, &Frame::Error(message)).await.is_err() {
+                        if send(
+                            &mut write,
+                            self.config.write_timeout,
+                            &Frame::Error(message),
+                        )
+                        .await
+                        .is_err()
+                        {
                             return;
                         }
                         continue;
@@ -415,7 +432,12 @@ impl Connection {
                         "request line longer than {} bytes; closing the connection",
                         self.config.max_line
                     );
-                    let _ = send(&mut write, &Frame::Error(message)).await;
+                    let _ = send(
+                        &mut write,
+                        self.config.write_timeout,
+                        &Frame::Error(message),
+                    )
+                    .await;
                     return;
                 }
                 Ok(LineRead::Failed(e)) => {
@@ -428,7 +450,12 @@ impl Connection {
                         "incomplete request: no newline within {} ms; closing the connection",
                         self.config.request_timeout.as_millis()
                     );
-                    let _ = send(&mut write, &Frame::Error(message)).await;
+                    let _ = send(
+                        &mut write,
+                        self.config.write_timeout,
+                        &Frame::Error(message),
+                    )
+                    .await;
                     return;
                 }
             };
@@ -438,12 +465,18 @@ impl Connection {
                         Ok(v) => Frame::Result(v),
                         Err(e) => Frame::Error(e),
                     };
-                    if send(&mut write, &frame).await.is_err() {
+                    if send(&mut write, self.config.write_timeout, &frame)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
                 Reply::Stream(mut items) => {
-                    if send(&mut write, &Frame::StreamStart).await.is_err() {
+                    if send(&mut write, self.config.write_timeout, &Frame::StreamStart)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     let mut scratch = [0u8; 512];
@@ -454,11 +487,11 @@ impl Connection {
                             // whole (a `shutdown` client gets its last lines).
                             biased;
                             item = items.recv() => match item {
-                                Some(v) => if send(&mut write, &Frame::Line(v)).await.is_err() {
+                                Some(v) => if send(&mut write, self.config.write_timeout, &Frame::Line(v)).await.is_err() {
                                     return;
                                 },
                                 None => {
-                                    let _ = send(&mut write, &Frame::End).await;
+                                    let _ = send(&mut write, self.config.write_timeout, &Frame::End).await;
                                     return;
                                 }
                             },
@@ -469,7 +502,7 @@ impl Connection {
                             },
                             _ = stopped(&mut self.stopping) => {
                                 let end = Frame::Error("the daemon is shutting down".into());
-                                let _ = send(&mut write, &end).await;
+                                let _ = send(&mut write, self.config.write_timeout, &end).await;
                                 return;
                             }
                         }
@@ -526,8 +559,18 @@ fn parse_request(line: &[u8]) -> Result<Option<Request>, String> {
     Request::parse(text).map(Some)
 }
 
-async fn send<W: AsyncWrite + Unpin>(write: &mut W, frame: &Frame) -> io::Result<()> {
-    write.write_all(&frame.to_line()).await
+async fn send<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    limit: Duration,
+    frame: &Frame,
+) -> io::Result<()> {
+    match timeout(limit, write.write_all(&frame.to_line())).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::debug!("a control client stopped reading; disconnected");
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
 }
 
 fn io_error(action: &'static str, path: &Path, source: io::Error) -> ControlError {

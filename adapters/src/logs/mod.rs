@@ -17,6 +17,7 @@
 
 mod capture;
 mod line;
+mod print_thread;
 mod ring;
 mod rotate;
 pub(crate) mod time;
@@ -26,6 +27,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{Capture, CaptureReport, EchoFormat, PrintLine, Printer};
+pub use print_thread::spawn_print_thread;
 pub use ring::{FollowEvent, Follower, LogRing, RingConfig, RingStats};
 pub use rotate::{spawn_file_writer, FileConfig, FileSink, FileWriter, WriterStatus};
 

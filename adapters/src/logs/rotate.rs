@@ -9,13 +9,18 @@
 //! up to `retry_max`), then tries again: no panic, no busy loop, no stalled pipe.
 
 use std::fmt::Write as _;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write as _};
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use nix::fcntl::{renameat, OFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{geteuid, unlinkat, UnlinkatFlags};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -453,11 +458,23 @@ async fn run_writer(
 }
 
 /// The blocking side: `name.log` and its rotated predecessors.
+///
+/// The directory may belong to the service's user (a service writing its own logs next to
+/// ours), who can then replace `name.log` by anything: a symlink to a file only root may
+/// write, a hard link to one, a FIFO that blocks whoever opens it. So every name is resolved
+/// relative to a descriptor of the directory, the file is opened with `O_NOFOLLOW` (and
+/// `O_NONBLOCK`, so a FIFO cannot hang the open), and anything but a regular file (or a FIFO,
+/// for a log shipper) with a single link, owned by the supervisor's own user, is refused: the
+/// service cannot create files in the supervisor's name. A file it creates is 0640.
 #[derive(Debug)]
 struct RotatingFile {
-    base: PathBuf,
+    dir_path: PathBuf,
+    /// `name.log`, relative to the directory.
+    base: String,
     max: u64,
     keep: usize,
+    /// The directory, open while the file is.
+    dir: Option<OwnedFd>,
     file: Option<File>,
     /// Size of `name.log` as far as we know (what we wrote since opening it).
     size: u64,
@@ -470,9 +487,11 @@ struct RotatingFile {
 impl RotatingFile {
     fn new(config: &FileConfig) -> Self {
         Self {
-            base: config.dir.join(format!("{}.log", config.name)),
+            dir_path: config.dir.clone(),
+            base: format!("{}.log", config.name),
             max: config.max_file_bytes,
             keep: config.keep_files,
+            dir: None,
             file: None,
             size: 0,
             broken_line: false,
@@ -480,22 +499,73 @@ impl RotatingFile {
         }
     }
 
-    fn rotated(&self, index: usize) -> PathBuf {
-        let mut path = self.base.clone().into_os_string();
-        path.push(format!(".{index}"));
-        PathBuf::from(path)
+    fn rotated(&self, index: usize) -> String {
+        format!("{}.{index}", self.base)
     }
 
     fn ensure_open(&mut self) -> io::Result<()> {
         if self.file.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.base)?;
-            self.size = file.metadata()?.len();
+            let dir = match self.dir.take() {
+                Some(dir) => dir,
+                None => open(
+                    None,
+                    &self.dir_path,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                )?,
+            };
+            let fd = open(
+                Some(&dir),
+                Path::new(&self.base),
+                OFlag::O_WRONLY
+                    | OFlag::O_APPEND
+                    | OFlag::O_CREAT
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_NONBLOCK
+                    | OFlag::O_CLOEXEC,
+            )
+            .map_err(|e| match e.raw_os_error() {
+                // O_NOFOLLOW on a symlink; O_NONBLOCK on a FIFO nobody reads.
+                Some(libc::ELOOP) => self.refused("a symbolic link"),
+                Some(libc::ENXIO) => self.refused("a FIFO nobody reads"),
+                _ => e,
+            })?;
+            let file = File::from(fd);
+            let meta = file.metadata()?;
+            let fifo = meta.file_type().is_fifo();
+            if !meta.file_type().is_file() && !fifo {
+                return Err(self.refused("not a regular file"));
+            }
+            if meta.uid() != geteuid().as_raw() {
+                return Err(self.refused("owned by another user"));
+            }
+            if meta.nlink() != 1 {
+                return Err(self.refused("a file with other hard links"));
+            }
+            if fifo {
+                // Our own FIFO (a log shipper reading it): writes wait for the reader, like a
+                // slow disk, on the blocking pool.
+                nix::fcntl::fcntl(
+                    file.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND),
+                )?;
+            }
+            self.size = meta.len();
+            self.dir = Some(dir);
             self.file = Some(file);
         }
         Ok(())
+    }
+
+    /// Why `name.log` is not written to: someone with access to the directory replaced it.
+    fn refused(&self, what: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is {what}: refusing to write to it (log files must be regular files of the \
+                 supervisor's user; remove it to resume logging)",
+                self.dir_path.join(&self.base).display()
+            ),
+        )
     }
 
     /// Writes `data` fully or fails, closing the file on failure so the next attempt
@@ -537,27 +607,58 @@ impl RotatingFile {
             self.broken_line = true;
         }
         self.file = None;
+        self.dir = None;
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         self.file = None;
-        let ignore_missing = |result: io::Result<()>| match result {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
-        if self.keep == 1 {
-            ignore_missing(std::fs::remove_file(&self.base))?;
-        } else {
-            for index in (1..self.keep - 1).rev() {
-                ignore_missing(std::fs::rename(
-                    self.rotated(index),
-                    self.rotated(index + 1),
-                ))?;
-            }
-            ignore_missing(std::fs::rename(&self.base, self.rotated(1)))?;
+        let result = self.shift();
+        if result.is_err() {
+            self.dir = None;
         }
+        result?;
         self.broken_line = false;
         self.ensure_open()
+    }
+
+    /// Renames `name.log.N` to `.N+1` (dropping the last) and `name.log` to `.1`, inside the
+    /// directory we opened: renaming a planted symlink moves the link, never its target.
+    fn shift(&mut self) -> io::Result<()> {
+        if self.dir.is_none() {
+            self.dir = Some(open(
+                None,
+                &self.dir_path,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            )?);
+        }
+        let dir = self.dir.as_ref().expect("opened above");
+        let ignore_missing = |result: nix::Result<()>| match result {
+            Err(nix::errno::Errno::ENOENT) | Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::from(e)),
+        };
+        if self.keep == 1 {
+            ignore_missing(unlinkat(
+                Some(dir.as_raw_fd()),
+                self.base.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            ))?;
+        } else {
+            for index in (1..self.keep - 1).rev() {
+                ignore_missing(renameat(
+                    Some(dir.as_raw_fd()),
+                    self.rotated(index).as_str(),
+                    Some(dir.as_raw_fd()),
+                    self.rotated(index + 1).as_str(),
+                ))?;
+            }
+            ignore_missing(renameat(
+                Some(dir.as_raw_fd()),
+                self.base.as_str(),
+                Some(dir.as_raw_fd()),
+                self.rotated(1).as_str(),
+            ))?;
+        }
+        Ok(())
     }
 
     /// Formats one record into `self.record`, cut to the file size limit.
@@ -656,6 +757,17 @@ impl RotatingFile {
     }
 }
 
+/// `openat(dir, path, flags, 0640)`, or `open` without a directory.
+fn open(dir: Option<&OwnedFd>, path: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    let mode = Mode::from_bits_truncate(0o640);
+    let raw = match dir {
+        Some(dir) => nix::fcntl::openat(Some(dir.as_raw_fd()), path, flags, mode)?,
+        None => nix::fcntl::open(path, flags, mode)?,
+    };
+    // SAFETY: `raw` was just returned by open(2) and is owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -701,6 +813,6 @@ mod tests {
     #[test]
     fn rotated_names_append_an_index() {
         let file = RotatingFile::new(&FileConfig::new("/logs", "web"));
-        assert_eq!(file.rotated(2), std::path::Path::new("/logs/web.log.2"));
+        assert_eq!(file.rotated(2), "web.log.2");
     }
 }

@@ -142,6 +142,7 @@
 //! no longer exists, so the next supervisor can report or kill them.
 
 mod child;
+mod descriptors;
 mod error;
 mod exec_probe;
 mod fork;
@@ -157,11 +158,12 @@ mod status;
 mod tree;
 
 pub use child::{Child, ChildWatch, OutputPipe};
+pub use descriptors::seal_inherited_descriptors;
 pub use error::{LauncherError, SignalError, SignalTarget, SpawnError, WaitError};
 pub use exec_probe::{run_exec_probe, ExecProbeOutcome};
 pub use launcher::Launcher;
 pub use nix::sys::signal::Signal;
-pub use scan::{find_stale_processes, StaleProcess, MARKER_VAR};
+pub use scan::{find_stale_processes, kill_stale_process, StaleProcess, MARKER_VAR};
 pub use spec::{EnvBase, Identity, OutputMode, ProcessSpec};
 pub use status::ExitStatus;
 pub use tree::{process_tree, TreeProcess, MAX_TREE};

@@ -348,12 +348,19 @@ pub struct StaleProcess {
 /// children are not covered by the parent-death signal, so they survive their supervisor and
 /// are reparented to init. A marker is stale when the supervisor pid it names is no longer
 /// running, or is now a process that started after the marked one (the pid was reused).
+///
+/// Only processes of the caller's own PID namespace are considered: a marker names its
+/// supervisor's pid as seen in *its* namespace, which means nothing in ours (a container's
+/// supervisor would look dead from the host).
 pub fn find_stale_processes() -> Vec<StaleProcess> {
     let stats = all_stats();
     let me = std::process::id();
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let ours = namespace("self");
     stats
         .values()
         .filter(|stat| stat.is_live())
+        .filter(|stat| ours.is_some() && namespace(&stat.pid.to_string()) == ours)
         .filter_map(|stat| {
             let marker = read_marker(stat.pid)?;
             let owner: i32 = marker.split(':').next()?.parse().ok()?;
@@ -365,6 +372,33 @@ pub fn find_stale_processes() -> Vec<StaleProcess> {
             stale.then_some(StaleProcess { pid, marker })
         })
         .collect()
+}
+
+/// Kills (SIGKILL) one process [`find_stale_processes`] returned, if it is still the same
+/// process: it is pinned with a pidfd and its marker read again before the signal, so a pid
+/// reused meanwhile is never hit.
+pub fn kill_stale_process(stale: &StaleProcess) -> Result<(), nix::errno::Errno> {
+    let pid = i32::try_from(stale.pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    let nix_pid = nix::unistd::Pid::from_raw(pid);
+    match super::pidfd::open(nix_pid) {
+        Ok(fd) => {
+            if read_marker(pid).as_deref() != Some(stale.marker.as_str()) {
+                return Err(nix::errno::Errno::ESRCH);
+            }
+            super::pidfd::send_signal(
+                std::os::fd::AsFd::as_fd(&fd),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+        }
+        // No pidfds (before Linux 5.3): the check and the kill are as close as they get.
+        Err(nix::errno::Errno::ENOSYS) => {
+            if read_marker(pid).as_deref() != Some(stale.marker.as_str()) {
+                return Err(nix::errno::Errno::ESRCH);
+            }
+            nix::sys::signal::kill(nix_pid, nix::sys::signal::Signal::SIGKILL)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -150,10 +150,10 @@ fn check_cwd(cwd: &Path) -> Result<CString, SpawnError> {
     CString::new(cwd.as_os_str().as_bytes()).map_err(|_| SpawnError::InteriorNul { what: "cwd" })
 }
 
-/// The three standard descriptors of a child, as the child must see them, and the parent's
 /// The pipes of a child's output: the write ends, which only the child keeps (close-on-exec
 /// here; `dup2` in the child clears that), and the read ends for the capture. A stream that
-/// is not piped goes to the spawner's one `/dev/null`, borrowed rather than duplicated.
+/// is not piped goes to the spawner's one `/dev/null` or to the supervisor's own descriptor,
+/// borrowed rather than duplicated.
 struct Stdio {
     out_write: Option<OwnedFd>,
     err_write: Option<OwnedFd>,
@@ -171,7 +171,10 @@ impl Stdio {
                     let (read, write) = unistd::pipe2(OFlag::O_CLOEXEC)?;
                     Ok((Some(write), Some(read)))
                 }
-                OutputMode::Null | OutputMode::Stdout => Ok((None, None)),
+                OutputMode::Null
+                | OutputMode::Stdout
+                | OutputMode::Inherit
+                | OutputMode::InheritStderr => Ok((None, None)),
             }
         };
         let (out_write, stdout) = stream(spec.stdout)?;
@@ -186,13 +189,23 @@ impl Stdio {
     }
 
     /// What the child's fds 0, 1 and 2 become.
-    fn child<'a>(&'a self, null: &'a OwnedFd) -> [BorrowedFd<'a>; 3] {
-        let or_null = |fd: &'a Option<OwnedFd>| fd.as_ref().unwrap_or(null).as_fd();
-        let out = or_null(&self.out_write);
+    fn child<'a>(&'a self, spec: &ProcessSpec, null: &'a OwnedFd) -> [BorrowedFd<'a>; 3] {
+        let stream = |mode, pipe: &'a Option<OwnedFd>, own: i32| match (mode, pipe) {
+            (_, Some(pipe)) => pipe.as_fd(),
+            // SAFETY: the supervisor's own standard descriptor, open for its whole life (it
+            // opens /dev/null on any of 0..=2 found closed at start, and never closes them).
+            (OutputMode::Inherit, None) => unsafe { BorrowedFd::borrow_raw(own) },
+            // SAFETY: as above.
+            (OutputMode::InheritStderr, None) => unsafe {
+                BorrowedFd::borrow_raw(libc::STDERR_FILENO)
+            },
+            (_, None) => null.as_fd(),
+        };
+        let out = stream(spec.stdout, &self.out_write, libc::STDOUT_FILENO);
         let err = if self.err_to_out {
             out
         } else {
-            or_null(&self.err_write)
+            stream(spec.stderr, &self.err_write, libc::STDERR_FILENO)
         };
         [null.as_fd(), out, err]
     }
@@ -234,7 +247,7 @@ fn spawn_one(
     if reg.stopped {
         return Err(SpawnError::LauncherStopped);
     }
-    let pid = match fork::start(stack, &image, &stdio.child(null), &setup) {
+    let pid = match fork::start(stack, &image, &stdio.child(spec, null), &setup) {
         Ok(pid) => pid,
         // The child has exited with 127 (or never existed): the reaper collects it, no
         // waiter needed.

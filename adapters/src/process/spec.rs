@@ -52,9 +52,16 @@ pub enum OutputMode {
     Pipe,
     /// `/dev/null`.
     Null,
-    /// For stderr: wherever stdout goes (`2>&1`), so the two keep their order in one pipe.
-    /// For stdout it is the same as `Null`.
+    /// For stderr: wherever stdout goes (`2>&1`, whatever stdout's mode), so the two keep
+    /// their order in one pipe. For stdout it is the same as `Null`.
     Stdout,
+    /// The supervisor's own descriptor (its stdout for stdout, its stderr for stderr): the
+    /// child writes straight to it, so nothing is copied, reordered or lost, and a slow reader
+    /// slows the child (as if it ran without a supervisor) but never the supervisor.
+    Inherit,
+    /// The supervisor's own stderr, for either stream: like [`OutputMode::Inherit`], where the
+    /// supervisor's stdout carries something else (`run --events -`).
+    InheritStderr,
 }
 
 /// Everything needed to start one instance of a program.

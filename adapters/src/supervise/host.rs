@@ -3,7 +3,6 @@
 //! machine task and ports on top of it.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -20,8 +19,8 @@ use super::spec::{Echo, ProcessSpec, SpecErrors};
 use super::watchers::{OsWatchers, Sampling};
 use crate::cgroup::{CgroupParent, Cgroups};
 use crate::logs::{
-    spawn_file_writer, EchoFormat, FileConfig, LogError, LogRing, PrintLine, Printer, RingConfig,
-    Stream,
+    spawn_file_writer, spawn_print_thread, EchoFormat, FileConfig, LogError, LogRing, PrintLine,
+    Printer, RingConfig,
 };
 use crate::ports::{Ports, TokioClock};
 use crate::process::{Launcher, LauncherError};
@@ -49,6 +48,9 @@ pub enum SuperviseError {
     /// The resource sampler could not start (no /proc).
     #[error("cannot start the resource sampler: {0}")]
     Sampler(#[from] SampleError),
+    /// The thread that prints the processes' output could not start.
+    #[error("cannot start the output thread: {0}")]
+    Printer(#[source] std::io::Error),
     /// The directory for notify sockets could not be created.
     #[error("notify sockets: {0}")]
     Notify(String),
@@ -98,20 +100,10 @@ impl Host {
     pub fn new(config: HostConfig) -> Result<Arc<Host>, SuperviseError> {
         let launcher = Launcher::new()?;
         let sampling = Arc::new(Sampling::start(config.sample_interval)?);
-        let (printer, mut lines) = mpsc::channel::<PrintLine>(4096);
-        tokio::spawn(async move {
-            while let Some(PrintLine { source, line }) = lines.recv().await {
-                // A closed stdout is not worth killing anything for.
-                let _ = match line.stream {
-                    Stream::Stdout => {
-                        writeln!(std::io::stdout().lock(), "{source}{}", line.text)
-                    }
-                    Stream::Stderr => {
-                        writeln!(std::io::stderr().lock(), "{source}{}", line.text)
-                    }
-                };
-            }
-        });
+        let (printer, lines) = mpsc::channel::<PrintLine>(4096);
+        // Writes happen on a thread of their own: a stalled stdout must never hold a runtime
+        // worker (the printers drop and count what the full queue cannot take).
+        spawn_print_thread(lines).map_err(SuperviseError::Printer)?;
         Ok(Arc::new(Host {
             launcher,
             sampling,
@@ -237,13 +229,23 @@ impl Host {
             None => None,
         };
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let mut command = spec.command.clone();
+        if spec.logs.echo == Echo::Inherit {
+            use crate::process::OutputMode;
+            command.stdout = if spec.logs.echo_format.stdout_to_stderr {
+                OutputMode::InheritStderr
+            } else {
+                OutputMode::Inherit
+            };
+            command.stderr = OutputMode::Inherit;
+        }
         let processes = OsProcesses {
             name: name.clone(),
             launcher: self.launcher.clone(),
-            command: spec.command.clone(),
+            command,
             ring: ring.clone(),
             printer: match spec.logs.echo {
-                Echo::Off => None,
+                Echo::Off | Echo::Inherit => None,
                 Echo::Plain => Some(Printer::formatted(
                     EchoFormat {
                         name: None,
@@ -277,7 +279,13 @@ impl Host {
                 None => None,
             },
         };
-        let watchers = OsWatchers::new(&spec.probes, &self.launcher, self.sampling.clone(), tag);
+        let watchers = OsWatchers::new(
+            &spec.probes,
+            &spec.command,
+            &self.launcher,
+            self.sampling.clone(),
+            tag,
+        );
         let ports = Ports {
             processes: Arc::new(processes),
             watchers: Arc::new(watchers),
@@ -401,22 +409,13 @@ impl Drop for Host {
 }
 
 impl Host {
-    /// `$XDG_RUNTIME_DIR/processcontrol-<pid>` (or under the temp dir), mode 0700: only this
-    /// user may reach the sockets inside, whose own mode lets dropped-privilege children send.
+    /// A directory of this process's own for notify sockets (see [`crate::rundir`]): never a
+    /// predictable path in a shared directory, which another user could have created first.
     fn notify_dir(&self) -> Result<PathBuf, SuperviseError> {
         self.notify_dir
             .get_or_init(|| {
-                use std::os::unix::fs::DirBuilderExt;
-                let base = std::env::var_os("XDG_RUNTIME_DIR")
-                    .map(PathBuf::from)
-                    .filter(|p| p.is_absolute())
-                    .unwrap_or_else(std::env::temp_dir);
-                let dir = base.join(format!("processcontrol-{}", std::process::id()));
-                match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                    Ok(()) => Ok(dir),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
-                    Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
-                }
+                crate::rundir::own_dir(&format!("notify-{}", std::process::id()))
+                    .map_err(|e| e.to_string())
             })
             .clone()
             .map_err(SuperviseError::Notify)

@@ -180,8 +180,14 @@ struct Running {
 
 impl OsWatchers {
     /// Builds the checks of `specs` (validated before: an invalid probe is skipped here).
+    ///
+    /// Exec probes run as the process itself does (`command`'s user, group, environment
+    /// and working directory, as Kubernetes runs them in the container and systemd runs
+    /// `ExecStartPre=` as `User=`): a probe script the service can rewrite must never run
+    /// with more rights than the service.
     pub(crate) fn new(
         specs: &ProbeSpecs,
+        command: &process::ProcessSpec,
         launcher: &Launcher,
         sampling: Arc<Sampling>,
         tag: u64,
@@ -200,7 +206,7 @@ impl OsWatchers {
                         .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
                     Runnable::Exec {
                         launcher: launcher.clone(),
-                        command: process::ProcessSpec::new(program).args(args),
+                        command: probe_command(command, program, args),
                         timeout: spec.timeout,
                     }
                 }
@@ -216,6 +222,23 @@ impl OsWatchers {
             running: Mutex::new(Running::default()),
         }
     }
+}
+
+/// The probe's command line in the process's own identity, environment and directory; never
+/// in its cgroup (a probe is not part of the instance: its memory and its exit must not count
+/// against it).
+fn probe_command(
+    process: &process::ProcessSpec,
+    program: &str,
+    args: &[String],
+) -> process::ProcessSpec {
+    let mut command = process::ProcessSpec::new(program).args(args);
+    command.env_base = process.env_base;
+    command.env.clone_from(&process.env);
+    command.cwd.clone_from(&process.cwd);
+    command.user.clone_from(&process.user);
+    command.group.clone_from(&process.group);
+    command
 }
 
 #[async_trait]

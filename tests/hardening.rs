@@ -15,6 +15,24 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_processcontrol");
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Every `up` starts by cleaning up after dead supervisors. The tests of point 8 kill a
+/// daemon and check that the *next* one cleans up: no other daemon may start in between.
+static STARTING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+thread_local! {
+    /// This thread holds [`STARTING`] exclusively (its own daemons start without it).
+    static EXCLUSIVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` while no daemon of another test can start.
+fn alone<T>(f: impl FnOnce() -> T) -> T {
+    let _alone = STARTING.write().unwrap_or_else(|p| p.into_inner());
+    EXCLUSIVE.set(true);
+    let result = f();
+    EXCLUSIVE.set(false);
+    result
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
@@ -45,7 +63,8 @@ impl Daemon {
         Daemon::start_on(config, stdout, socket, env, |_| {})
     }
 
-    /// Like [`Daemon::start_with`], with a last change to the command.
+    /// Like [`Daemon::start_with`], with a last change to the command (which may also send
+    /// stderr elsewhere; it is collected only while it is a pipe).
     fn start_on(
         config: &str,
         stdout: Stdio,
@@ -64,28 +83,30 @@ impl Daemon {
                 None => command.env_remove(key),
             };
         }
-        adjust(&mut command);
-        let child = command
+        command
             .args(["up", "-c"])
             .arg(&path)
             .arg("--socket")
             .arg(&socket)
             .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut child = child;
+            .stderr(Stdio::piped());
+        adjust(&mut command);
+        // Held until the socket answers: by then the daemon's clean-up is done.
+        let _starting =
+            (!EXCLUSIVE.get()).then(|| STARTING.read().unwrap_or_else(|p| p.into_inner()));
+        let mut child = command.spawn().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().unwrap();
-        let collected = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n @ 1..) = pipe.read(&mut buf) {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                eprint!("{text}");
-                collected.lock().unwrap().push_str(&text);
-            }
-        });
+        if let Some(mut pipe) = child.stderr.take() {
+            let collected = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    eprint!("{text}");
+                    collected.lock().unwrap().push_str(&text);
+                }
+            });
+        }
         let d = Daemon {
             child,
             _dir: dir,
@@ -93,6 +114,7 @@ impl Daemon {
             stderr,
         };
         d.wait("the socket", |_| true);
+        drop(_starting);
         d
     }
 
@@ -334,13 +356,18 @@ command = "seq 1 100000; while :; do echo after; sleep 0.1; done"
 command = "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.05; done"
 "#;
 
-/// Starts the flooding daemon and waits until its stdout is stalled and the flood is past it.
-fn stalled_daemon() -> (Daemon, OwnedFd) {
+/// Starts the flooding daemon and waits until its stdout (and its stderr too, with
+/// `stderr_too`: `up 2>&1 | less`) is stalled and the flood is past it.
+fn stalled_daemon(stderr_too: bool) -> (Daemon, OwnedFd) {
     let (read, write) = small_pipe();
+    let stderr = stderr_too.then(|| write.try_clone().unwrap());
     // On one CPU (a small container), as the runtime then has a single worker: a blocking
     // write on it would stop everything.
     let daemon = Daemon::start_on(FLOOD, Stdio::from(write), None, &[], |command| {
         use std::os::unix::process::CommandExt;
+        if let Some(stderr) = stderr {
+            command.stderr(stderr);
+        }
         // SAFETY: sched_setaffinity is async-signal-safe and touches only the set we pass.
         unsafe {
             command.pre_exec(|| {
@@ -364,12 +391,29 @@ fn stalled_daemon() -> (Daemon, OwnedFd) {
             .contains("after")
             .then_some(())
     });
+    if stderr_too {
+        fill_to_the_brim(daemon.child.id());
+    }
     (daemon, read)
+}
+
+/// Fills the pipe that is `pid`'s stdout until not one more byte fits: the printer's stuck
+/// write may have left room in the pipe's page, where a short line would still fit.
+fn fill_to_the_brim(pid: u32) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A new open file description of the same pipe: O_NONBLOCK here leaves the daemon's alone.
+    let mut pipe = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/1"))
+        .unwrap();
+    // Newlines only, one at a time: the reader (if any) sees empty lines.
+    while pipe.write(b"\n").is_ok() {}
 }
 
 #[test]
 fn a_stalled_stdout_leaves_the_control_socket_and_other_processes_working() {
-    let (daemon, read) = stalled_daemon();
+    let (daemon, read) = stalled_daemon(false);
     // Every command answers, and the other process keeps running and being captured.
     let ticks = |d: &Daemon| -> u64 {
         let out = d.cli(&["logs", "ticker", "-n", "1"]);
@@ -428,7 +472,7 @@ fn a_stalled_stdout_leaves_the_control_socket_and_other_processes_working() {
 
 #[test]
 fn sigterm_stops_the_daemon_while_its_stdout_is_stalled() {
-    let (mut daemon, _read) = stalled_daemon();
+    let (mut daemon, _read) = stalled_daemon(false);
     let started = Instant::now();
     assert_eq!(daemon.terminate(), 0);
     // The processes stop within their grace (10 s by default; these exit at SIGTERM).
@@ -439,15 +483,60 @@ fn sigterm_stops_the_daemon_while_its_stdout_is_stalled() {
     );
 }
 
+/// Narration and warnings are said from runtime workers: with stderr stalled too, every
+/// decision (a stop, a start, the shutdown) would otherwise wait for a reader that never comes.
+#[test]
+fn a_stalled_stdout_and_stderr_leave_the_daemon_working() {
+    let (mut daemon, _read) = stalled_daemon(true);
+    for _ in 0..3 {
+        assert!(daemon.status().is_some(), "status failed while stalled");
+    }
+    for command in ["stop", "start", "restart"] {
+        let out = daemon.cli(&[command, "ticker"]);
+        assert!(out.status.success(), "{command} while stalled: {out:?}");
+    }
+    daemon.wait("the ticker running again", |s| {
+        s.iter()
+            .any(|p| p["name"] == "ticker" && p["state"] == "running")
+    });
+    assert_eq!(daemon.terminate(), 0);
+}
+
+#[test]
+fn run_stops_at_sigterm_while_its_stdout_and_stderr_are_stalled() {
+    let (read, write) = small_pipe();
+    let mut child = Command::new(BIN)
+        .args(["run", "--restart", "never", "--", "seq", "1", "100000"])
+        .stdout(Stdio::from(write.try_clone().unwrap()))
+        .stderr(Stdio::from(write))
+        .spawn()
+        .unwrap();
+    // The narration's first line or the program's output is there; then not one more byte
+    // fits, so the program and any other writer wait.
+    poll("output in the pipe", || (pending(&read) > 0).then_some(()));
+    fill_to_the_brim(child.id());
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = poll("run to exit", || child.try_wait().unwrap());
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+}
+
 // ----- 4. `run` passes output through, byte for byte -----------------------------------------
 
 /// `processcontrol run --restart never -- argv` with stdout into a file; returns the bytes.
 fn run_into_file(argv: &[&str]) -> (i32, Vec<u8>) {
+    run_into_file_with(&[], argv)
+}
+
+/// Like [`run_into_file`], with more flags for `run`.
+fn run_into_file_with(flags: &[&str], argv: &[&str]) -> (i32, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("out");
     let out = std::fs::File::create(&out_path).unwrap();
     let status = Command::new(BIN)
-        .args(["run", "--restart", "never", "--"])
+        .args(["run", "--restart", "never"])
+        .args(flags)
+        .arg("--")
         .args(argv)
         .stdout(out)
         .stderr(Stdio::inherit())
@@ -481,6 +570,49 @@ fn run_passes_binary_output_and_long_lines_through_unchanged() {
     data.extend_from_slice(b"\r\n\xff\xfe no newline at the end");
     std::fs::write(&input, &data).unwrap();
     let (code, got) = run_into_file(&["cat", input.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        got == data,
+        "got {} bytes, expected {}",
+        got.len(),
+        data.len()
+    );
+}
+
+/// With a log file the output must be captured too: it is then copied as read, with
+/// backpressure, not printed line by line (which dropped lines and rewrote bytes).
+#[test]
+fn run_with_a_log_file_passes_output_through_unchanged_too() {
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path().to_str().unwrap();
+    let (code, got) = run_into_file_with(
+        &["--log-dir", dir, "--name", "seq"],
+        &["seq", "1", "1000000"],
+    );
+    assert_eq!(code, 0);
+    let mut expected = Vec::with_capacity(got.len());
+    for i in 1..=1_000_000u32 {
+        writeln!(expected, "{i}").unwrap();
+    }
+    assert_eq!(got.len(), expected.len(), "length differs");
+    assert!(got == expected, "content differs");
+    // The log file saw the output too (its writer may drop lines on a slow disk, never
+    // silently: the last line is there or a drop marker is).
+    let file = std::fs::read_to_string(logs.path().join("seq.log")).unwrap();
+    assert!(
+        file.ends_with("1000000\n") || file.contains("lines dropped"),
+        "{}",
+        &file[file.len().saturating_sub(200)..]
+    );
+    let input = logs.path().join("in");
+    let mut data: Vec<u8> = (0..=255u8).cycle().take(256 * 64).collect();
+    data.extend(std::iter::repeat_n(b'x', 100_000));
+    data.extend_from_slice(b"\r\n\xff\xfe no newline at the end");
+    std::fs::write(&input, &data).unwrap();
+    let (code, got) = run_into_file_with(
+        &["--log-dir", dir, "--name", "cat"],
+        &["cat", input.to_str().unwrap()],
+    );
     assert_eq!(code, 0);
     assert!(
         got == data,
@@ -593,6 +725,63 @@ fn ready_sent_as_the_first_instruction_is_never_lost() {
     }
 }
 
+// ----- 6. the HTTP listener: a connection cap, warned about once --------------------------
+
+/// What the listener's cap is (`http::Limits::default().max_connections`).
+const HTTP_CAP: usize = 64;
+
+/// Any local user can connect to the HTTP port. Connections over the cap are closed as soon as
+/// they are accepted, while those under it are still served (they would each hold one of the
+/// daemon's descriptors until their header timeout), and the flood is one warning, not one per
+/// connection.
+#[test]
+fn http_connections_over_the_cap_are_closed_at_once_and_warned_about_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = format!(
+        "[supervisor]\nhttp = \"127.0.0.1:{port}\"\n\n[processes.a]\ncommand = \"sleep 1000\"\n"
+    );
+    let mut daemon = Daemon::start(&config, Stdio::null());
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let connect = || std::net::TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    // Accepted in the order they connected: these fill every slot and send nothing.
+    let held: Vec<std::net::TcpStream> = (0..HTTP_CAP).map(|_| connect()).collect();
+    let over: Vec<std::net::TcpStream> = (0..100).map(|_| connect()).collect();
+    for mut stream in over {
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        match stream.read(&mut [0u8; 16]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a connection over the cap was served: {other:?}"),
+        }
+    }
+    // Without the cap, those would have waited for their own header timeout, which closes
+    // the earlier ones first: every held connection must still be open.
+    for stream in &held {
+        stream.set_nonblocking(true).unwrap();
+        match (&*stream).read(&mut [0u8; 16]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("a connection under the cap was closed: {other:?}"),
+        }
+    }
+    assert!(daemon.status().is_some(), "status during the flood");
+    drop(held);
+    assert_eq!(daemon.terminate(), 0);
+    // The shutdown's summary comes after every warning of the flood.
+    daemon.wait_stderr(&["a: stopped"]);
+    let warnings = daemon
+        .stderr
+        .lock()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("connections open, closing the one from"))
+        .count();
+    assert_eq!(warnings, 1, "100 refused connections, one warning");
+}
+
 // ----- 7. runtime directories nobody else can prepare -----------------------------------------
 
 /// The `NOTIFY_SOCKET` a process of the daemon was given.
@@ -690,6 +879,10 @@ fn pid_alive(pid: u64) -> bool {
 
 #[test]
 fn the_next_up_kills_what_a_sigkilled_predecessor_left_and_takes_its_socket() {
+    alone(next_up_kills_what_a_sigkilled_predecessor_left);
+}
+
+fn next_up_kills_what_a_sigkilled_predecessor_left() {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("grandchild");
     let socket = dir.path().join("shared.sock");
@@ -711,12 +904,69 @@ fn the_next_up_kills_what_a_sigkilled_predecessor_left_and_takes_its_socket() {
     std::fs::remove_file(&pidfile).unwrap();
     let quiet = "[processes.quiet]\ncommand = [\"sleep\", \"1000\"]\n";
     let second = Daemon::start_with(quiet, Stdio::null(), Some(&socket), &[]);
-    let line = second.wait_stderr(&["killed a process left running by a supervisor that died"]);
-    assert!(line.contains(&grandchild.to_string()), "{line}");
+    // Its line names the grandchild (the leader, killed by the parent-death signal, may still
+    // be exiting then, and be named in a line of its own).
+    second.wait_stderr(&[
+        "killed a process left running by a supervisor that died",
+        &format!("pid={grandchild} "),
+    ]);
     poll("the leftover to die", || {
         (!pid_alive(grandchild)).then_some(())
     });
     assert!(second.status().is_some());
+}
+
+/// With `cgroup = true`, a descendant that cleared its environment (no marker) and left the
+/// process group is still in its instance's cgroup: the next `up` kills it and removes the
+/// dead supervisor's cgroups.
+#[test]
+fn the_next_up_empties_and_removes_a_sigkilled_predecessors_cgroups() {
+    if !is_root() {
+        eprintln!("skipped: creating cgroups needs root");
+        return;
+    }
+    alone(next_up_empties_and_removes_dead_cgroups);
+}
+
+fn next_up_empties_and_removes_dead_cgroups() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("escaper");
+    let config = format!(
+        "[processes.forker]\ncgroup = true\ncommand = \"setsid env -i sleep 1000 & echo $! > {}.tmp && mv {0}.tmp {0}; wait\"\n",
+        pidfile.display()
+    );
+    let mut first = Daemon::start(&config, Stdio::null());
+    let escaper: u64 = poll("the escaper's pid", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    let cgroup_name = format!("processcontrol-{}", first.child.id());
+    let cgroups = || -> Vec<PathBuf> {
+        let out = Command::new("find")
+            .args(["/sys/fs/cgroup", "-maxdepth", "8", "-type", "d", "-name"])
+            .arg(&cgroup_name)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(PathBuf::from)
+            .collect()
+    };
+    if cgroups().is_empty() {
+        eprintln!("skipped: this host gave the daemon no cgroup ({cgroup_name} not found)");
+        return;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(pid_alive(escaper), "the escaper died with the supervisor");
+    assert!(
+        !cgroups().is_empty(),
+        "the cgroups went with the supervisor"
+    );
+    let quiet = "[processes.quiet]\ncommand = [\"sleep\", \"1000\"]\n";
+    let second = Daemon::start(quiet, Stdio::null());
+    second.wait_stderr(&["removed the cgroup of a supervisor that died", &cgroup_name]);
+    poll("the escaper to die", || (!pid_alive(escaper)).then_some(()));
+    assert_eq!(cgroups(), Vec::<PathBuf>::new());
 }
 
 // ----- 9. the smaller ones ---------------------------------------------------------------------
@@ -751,6 +1001,45 @@ fn descriptors_inherited_without_cloexec_do_not_reach_children() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sealed");
 }
 
+/// A same-user client that asks for a large answer (1 MB of log lines) and never reads it is
+/// disconnected once a write has been blocked for the write timeout (10 s): it cannot hold a
+/// connection slot and the answer's memory for ever.
+#[test]
+fn a_control_client_that_stops_reading_is_disconnected() {
+    let config = "[processes.big]\ncommand = \"i=0; while [ $i -lt 1000 ]; do i=$((i+1)); printf '%01000d\\n' $i; done; exec sleep 1000\"\n";
+    let daemon = Daemon::start(config, Stdio::null());
+    poll("the 1000th line in the ring", || {
+        let out = daemon.cli(&["logs", "big", "-n", "1"]);
+        String::from_utf8_lossy(&out.stdout)
+            .contains("0001000")
+            .then_some(())
+    });
+    let mut client = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    client
+        .write_all(b"{\"cmd\":\"logs\",\"name\":\"big\",\"lines\":1000}\n")
+        .unwrap();
+    // Never read: wait for the hang-up alone (data waiting to be read does not wake this).
+    // SAFETY: epoll on descriptors we own, with a valid event buffer.
+    let hung_up = unsafe {
+        let epoll = libc::epoll_create1(libc::EPOLL_CLOEXEC);
+        assert!(epoll >= 0);
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLRDHUP as u32,
+            u64: 0,
+        };
+        assert_eq!(
+            libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, client.as_raw_fd(), &mut event),
+            0
+        );
+        let mut ready = [libc::epoll_event { events: 0, u64: 0 }];
+        let n = libc::epoll_wait(epoll, ready.as_mut_ptr(), 1, WAIT.as_millis() as i32);
+        libc::close(epoll);
+        n == 1
+    };
+    assert!(hung_up, "the daemon kept a client that stopped reading");
+    assert!(daemon.status().is_some());
+}
+
 fn check(config: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pc.toml");
@@ -763,9 +1052,9 @@ fn check(config: &str) -> Output {
 }
 
 #[test]
-fn check_rejects_nul_bytes_and_out_of_range_ids() {
+fn check_rejects_nul_bytes_unknown_accounts_and_out_of_range_ids() {
     let out = check(
-        "[processes.a]\ncommand = [\"sleep\", \"1\\u0000000\"]\n\n[processes.b]\ncommand = \"sleep 1\\u0000\"\n\n[processes.c]\ncommand = [\"sleep\", \"1\"]\nuser = 4294967295\n\n[processes.d]\ncommand = [\"sleep\", \"1\"]\ngroup = \"4294967295\"\n",
+        "[processes.a]\ncommand = [\"sleep\", \"1\\u0000000\"]\n\n[processes.b]\ncommand = \"sleep 1\\u0000\"\n\n[processes.c]\ncommand = [\"sleep\", \"1\"]\nuser = 4294967295\n\n[processes.d]\ncommand = [\"sleep\", \"1\"]\ngroup = \"4294967295\"\n\n[processes.e]\ncommand = [\"sleep\", \"1\"]\nuser = \"no-such-user-here\"\n\n[processes.f]\ncommand = [\"sleep\", \"1\"]\ngroup = \"no-such-group-here\"\n",
     );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -782,6 +1071,8 @@ fn check_rejects_nul_bytes_and_out_of_range_ids() {
         err.contains("processes.d.group") && err.contains("out of range"),
         "{err}"
     );
+    assert!(err.contains("processes.e.user: unknown user"), "{err}");
+    assert!(err.contains("processes.f.group: unknown group"), "{err}");
 }
 
 #[test]

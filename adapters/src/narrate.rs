@@ -9,7 +9,7 @@
 //! a delay, the end of the process) can complete the same line; it is printed alone if
 //! nothing follows in time.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -108,8 +108,9 @@ pub fn line(colour: bool, at: SystemTime, process: Option<&str>, text: &str, ton
     }
 }
 
-/// Writes narration to stderr in one form. Cheap to copy; every line is written whole under
-/// the stderr lock, so it never interleaves with another writer's line.
+/// Writes narration to stderr in one form. Cheap to copy; every line is queued whole for the
+/// stderr writer thread, so it never interleaves with another writer's line and never waits
+/// for a stalled stderr.
 #[derive(Clone, Copy, Debug)]
 pub struct Voice {
     form: Form,
@@ -161,9 +162,13 @@ impl Voice {
     }
 }
 
+/// Queued for the stderr thread: narration is said from runtime workers, which must never
+/// wait for a stalled stderr.
 fn write_line(line: &str) {
-    // A closed stderr is not worth stopping anything for.
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    crate::logs::write_stderr(bytes);
 }
 
 /// A line the narrator decided to say.

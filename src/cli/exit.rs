@@ -12,7 +12,10 @@ pub const USAGE: u8 = 2;
 
 /// Prints a usage or configuration error as one line and returns [`USAGE`].
 pub fn usage(message: &str) -> u8 {
-    eprintln!("processcontrol: error: {message}");
+    // In the order of the narration said before it (queued, never blocking a runtime worker).
+    processcontrol::adapters::logs::write_stderr(
+        format!("processcontrol: error: {message}\n").into_bytes(),
+    );
     USAGE
 }
 

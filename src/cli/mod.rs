@@ -16,10 +16,22 @@ use processcontrol::adapters::narrate;
 
 pub use args::{Cli, Command, LogFormat};
 
+/// How long the end waits for a stdout or stderr that takes none of the last lines.
+const DRAIN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Parses the command line and runs the subcommand; returns the process exit status.
 pub fn main() -> u8 {
     // Before anything else: no inherited descriptor may reach the children.
     processcontrol::adapters::process::seal_inherited_descriptors();
+    let code = dispatch();
+    // The last lines (the shutdown's summary, a process's last words) are still queued for
+    // the writer threads.
+    processcontrol::adapters::logs::drain_output(DRAIN_PATIENCE);
+    code
+}
+
+/// Runs what the command line says.
+fn dispatch() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -239,7 +251,8 @@ fn init_logging(format: LogFormat, colour: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
-        .with_writer(std::io::stderr);
+        // Warnings are logged from runtime workers: queued, never written there.
+        .with_writer(processcontrol::adapters::logs::StderrLine::default);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

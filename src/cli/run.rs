@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use processcontrol::adapters::config;
 use processcontrol::adapters::http;
+use processcontrol::adapters::logs;
 use processcontrol::adapters::narrate::{Narrator, Voice};
 use processcontrol::adapters::process::Identity;
 use processcontrol::{
@@ -19,6 +20,11 @@ use super::events_out::EventsOut;
 use super::exit;
 use super::systemd::Systemd;
 
+/// How long the end waits for the program's copied output to reach its end once the
+/// program is gone; only a process that escaped it and still holds its output can take that
+/// long.
+const COPY_END: Duration = Duration::from_secs(5);
+
 /// Runs the program until it finishes for good, the supervisor gives up, or a signal stops it.
 pub fn run(args: RunArgs, voice: Voice) -> u8 {
     let mut spec = match &args.config {
@@ -31,11 +37,11 @@ pub fn run(args: RunArgs, voice: Voice) -> u8 {
             Err(message) => return exit::usage(&message),
         },
     };
-    // The program's output is its own: inherited, never copied (so never lost or altered),
-    // unless a log file (`--log-dir`, `logs.file`) must see it too: then it is captured and
-    // printed as is.
+    // The program's output is its own: inherited, so never lost or altered. Where a log
+    // file (`--log-dir`, `logs.file`) must see it too, it is captured and its bytes copied as
+    // read, with the same backpressure.
     spec.logs.echo = if spec.logs.dir.is_some() {
-        Echo::Plain
+        Echo::Copy
     } else {
         Echo::Inherit
     };
@@ -415,6 +421,9 @@ async fn supervise(
                         systemd.stopping();
                     }
                     sup.shutdown().await;
+                    if !logs::copies_finished(COPY_END).await {
+                        tracing::warn!("the program's output is still open (a process it started holds it): the rest is not copied");
+                    }
                     if let Some(out) = events_out {
                         out.finish().await;
                     }

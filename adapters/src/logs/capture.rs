@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::copy::Copier;
 use super::line::{LineSplitter, RawLine};
 use super::ring::LogRing;
 use super::rotate::FileSink;
@@ -135,14 +136,18 @@ impl Printer {
                 instance: line.instance,
                 text: format!("[processcontrol: {missed} lines dropped]"),
             });
+            super::own_output::queuing();
             if self.tx.try_send(marker).is_err() {
+                super::own_output::not_queued();
                 self.pending_drops.fetch_add(missed + 1, Ordering::AcqRel);
                 self.total_drops.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
         }
         let item = self.print_line(line.clone());
+        super::own_output::queuing();
         if self.tx.try_send(item).is_err() {
+            super::own_output::not_queued();
             self.pending_drops.fetch_add(1, Ordering::AcqRel);
             self.total_drops.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -177,8 +182,8 @@ pub struct CaptureReport {
 ///
 /// It reads as fast as the child writes: the ring is a short in-memory push, the printer
 /// and the file get `try_send`s that drop rather than wait. So the child can never block
-/// on a full pipe because of us, and our memory stays bounded by the ring, the queues and
-/// one read buffer.
+/// on a full pipe because of us (unless a [`Copier`] copies its bytes to a slow reader), and
+/// our memory stays bounded by the ring, the queues and one read buffer.
 #[derive(Debug)]
 pub struct Capture {
     ring: Arc<LogRing>,
@@ -186,6 +191,7 @@ pub struct Capture {
     instance: u64,
     printer: Option<Printer>,
     file: Option<FileSink>,
+    copier: Option<Copier>,
 }
 
 impl Capture {
@@ -197,12 +203,20 @@ impl Capture {
             instance,
             printer: None,
             file: None,
+            copier: None,
         }
     }
 
     /// Also forwards every line to a foreground printer.
     pub fn with_printer(mut self, printer: Printer) -> Self {
         self.printer = Some(printer);
+        self
+    }
+
+    /// Also copies every byte, as read, to the supervisor's own stdout or stderr; unlike the
+    /// rest of the capture, this waits (and so makes the child wait) for a slow reader.
+    pub fn with_copier(mut self, copier: Copier) -> Self {
+        self.copier = Some(copier);
         self
     }
 
@@ -232,6 +246,7 @@ impl Capture {
         mut reader: R,
     ) -> impl std::future::Future<Output = CaptureReport> {
         async move {
+            let _copying = self.copier.as_ref().map(|_| Copier::copying());
             let mut report = CaptureReport::default();
             let mut splitter = LineSplitter::new(self.ring.config().max_line_bytes);
             let mut buf = vec![0u8; MIN_READ_BUFFER];
@@ -249,6 +264,9 @@ impl Capture {
                     }
                 };
                 report.bytes += n as u64;
+                if let Some(copier) = &self.copier {
+                    copier.copy(self.stream, &buf[..n]).await;
+                }
                 let now = SystemTime::now();
                 splitter.feed(&buf[..n], now, &mut |raw| self.emit(raw, &mut report));
                 // Grow while the child floods, shrink back when it calms down, so a quiet

@@ -13,10 +13,20 @@
 //!   queue; when the disk is slow or full, lines are dropped and counted, and a
 //!   `[processcontrol: N lines dropped]` marker is written where the gap is.
 //!
+//! - [`Copier`] copies a child's bytes, as read, to the supervisor's stdout and stderr with
+//!   backpressure (for `run`'s one program when a log file must see its output too).
+//! - [`spawn_print_thread`] and [`write_stderr`] write the printers' lines and the
+//!   supervisor's own lines to its stdout and stderr from threads of their own, so a stalled
+//!   terminal or pipe never blocks a runtime worker; [`drain_output`] writes what is left at
+//!   exit.
+//!
 //! This module knows nothing of the core's types: a process is a ring plus an instance number.
 
 mod capture;
+mod copy;
 mod line;
+mod messages;
+mod own_output;
 mod print_thread;
 mod ring;
 mod rotate;
@@ -27,6 +37,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use capture::{Capture, CaptureReport, EchoFormat, PrintLine, Printer};
+pub use copy::{copies_finished, Copier};
+pub use messages::{write_stderr, StderrLine};
+pub use own_output::drain_output;
 pub use print_thread::spawn_print_thread;
 pub use ring::{FollowEvent, Follower, LogRing, RingConfig, RingStats};
 pub use rotate::{spawn_file_writer, FileConfig, FileSink, FileWriter, WriterStatus};

@@ -9,11 +9,10 @@
 //! and mark the gap with `[processcontrol: N lines dropped]` once output flows again.
 
 use std::io;
-use std::os::fd::AsFd;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use tokio::sync::mpsc;
 
+use super::own_output::{write_all, written, STDERR};
 use super::{PrintLine, Stream};
 
 /// Most bytes gathered from the queue into one `write`.
@@ -44,6 +43,7 @@ pub fn spawn_print_thread(mut lines: mpsc::Receiver<PrintLine>) -> io::Result<()
 struct Batch {
     stream: Option<Stream>,
     bytes: Vec<u8>,
+    lines: u64,
 }
 
 impl Batch {
@@ -56,6 +56,7 @@ impl Batch {
         self.bytes.extend_from_slice(item.source.as_bytes());
         self.bytes.extend_from_slice(item.line.text.as_bytes());
         self.bytes.push(b'\n');
+        self.lines += 1;
     }
 
     fn flush(&mut self) {
@@ -63,30 +64,16 @@ impl Batch {
         // and the log file.
         let _ = match self.stream {
             Some(Stream::Stdout) => write_all(io::stdout(), &self.bytes),
-            Some(Stream::Stderr) => write_all(io::stderr(), &self.bytes),
+            Some(Stream::Stderr) => {
+                let _one_writer = STDERR.lock().unwrap_or_else(|p| p.into_inner());
+                write_all(io::stderr(), &self.bytes)
+            }
             None => Ok(()),
         };
+        written(std::mem::take(&mut self.lines));
         self.bytes.clear();
         if self.bytes.capacity() > BATCH_BYTES * 2 {
             self.bytes.shrink_to(BATCH_BYTES);
         }
     }
-}
-
-/// Writes to the descriptor directly, not through the std handle's lock, which other threads
-/// (tracing's writer) would then wait on while this one is stuck.
-fn write_all(fd: impl AsFd, mut bytes: &[u8]) -> nix::Result<()> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd.as_fd(), bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            // Someone made the shared descriptor non-blocking: wait here, not in a spin.
-            Err(nix::errno::Errno::EAGAIN) => {
-                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-                let _ = nix::poll::poll(&mut fds, PollTimeout::NONE);
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

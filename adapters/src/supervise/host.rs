@@ -19,8 +19,8 @@ use super::spec::{Echo, ProcessSpec, SpecErrors};
 use super::watchers::{OsWatchers, Sampling};
 use crate::cgroup::{CgroupParent, Cgroups};
 use crate::logs::{
-    spawn_file_writer, spawn_print_thread, EchoFormat, FileConfig, LogError, LogRing, PrintLine,
-    Printer, RingConfig,
+    spawn_file_writer, spawn_print_thread, Copier, EchoFormat, FileConfig, LogError, LogRing,
+    PrintLine, Printer, RingConfig,
 };
 use crate::ports::{Ports, TokioClock};
 use crate::process::{Launcher, LauncherError};
@@ -48,7 +48,7 @@ pub enum SuperviseError {
     /// The resource sampler could not start (no /proc).
     #[error("cannot start the resource sampler: {0}")]
     Sampler(#[from] SampleError),
-    /// The thread that prints the processes' output could not start.
+    /// The thread that prints (or copies) the processes' output could not start.
     #[error("cannot start the output thread: {0}")]
     Printer(#[source] std::io::Error),
     /// The directory for notify sockets could not be created.
@@ -244,8 +244,15 @@ impl Host {
             launcher: self.launcher.clone(),
             command,
             ring: ring.clone(),
+            copier: match spec.logs.echo {
+                Echo::Copy => Some(
+                    Copier::start(spec.logs.echo_format.stdout_to_stderr)
+                        .map_err(SuperviseError::Printer)?,
+                ),
+                _ => None,
+            },
             printer: match spec.logs.echo {
-                Echo::Off | Echo::Inherit => None,
+                Echo::Off | Echo::Inherit | Echo::Copy => None,
                 Echo::Plain => Some(Printer::formatted(
                     EchoFormat {
                         name: None,

@@ -17,7 +17,7 @@ use super::all::All3;
 use super::notify_watch::NotifyWatch;
 use super::spec::{CgroupSpec, NotifySpec};
 use crate::cgroup::{CgroupParent, InstanceCgroup};
-use crate::logs::{Capture, FileSink, LogRing, Printer, Stream};
+use crate::logs::{Capture, Copier, FileSink, LogRing, Printer, Stream};
 use crate::ports::{Processes, Reporter, SpawnFailure};
 use crate::process::{self, Child, Launcher};
 
@@ -28,6 +28,7 @@ pub(crate) struct OsProcesses {
     pub(crate) command: process::ProcessSpec,
     pub(crate) ring: Arc<LogRing>,
     pub(crate) printer: Option<Printer>,
+    pub(crate) copier: Option<Copier>,
     pub(crate) file: Option<FileSink>,
     /// Instances not yet gone, for signals: one, or briefly two while a gone instance's task
     /// finishes after the next was started (a list, because a map preallocates more).
@@ -113,6 +114,9 @@ impl Processes for OsProcesses {
             let mut capture = Capture::new(self.ring.clone(), stream, instance.0);
             if let Some(printer) = &self.printer {
                 capture = capture.with_printer(printer.clone());
+            }
+            if let Some(copier) = &self.copier {
+                capture = capture.with_copier(copier.clone());
             }
             if let Some(file) = &self.file {
                 capture = capture.with_file(file.clone());

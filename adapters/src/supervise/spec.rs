@@ -243,6 +243,10 @@ pub enum Echo {
     Inherit,
     /// Printed as `name | line`, to tell many processes apart.
     Prefixed,
+    /// Captured for the ring and the log file, and copied byte for byte, as read, to the
+    /// supervisor's own stdout and stderr, with the backpressure of whoever reads them:
+    /// `processcontrol run` with a log file.
+    Copy,
 }
 
 impl Default for LogSpec {

@@ -128,6 +128,31 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Read meanwhile: an answer larger than a pipe's buffer would block the client.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let mut buf = [0u8; 65536];
+                    while let Ok(n @ 1..) = read_on(&mut pipe, &mut buf) {
+                        bytes.extend_from_slice(&buf[..n]);
+                    }
+                }
+                bytes
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while child.try_wait().unwrap().is_none() {
             if Instant::now() > deadline {
@@ -137,7 +162,11 @@ impl Daemon {
             // A client's exit has no event to wait on from here.
             std::thread::sleep(Duration::from_millis(10));
         }
-        child.wait_with_output().unwrap()
+        Output {
+            status: child.wait().unwrap(),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
     }
 
     fn status(&self) -> Option<Vec<Value>> {
@@ -351,8 +380,8 @@ fn small_pipe() -> (OwnedFd, OwnedFd) {
     (read, write)
 }
 
-/// Bytes waiting in a pipe.
-fn pending(read: &OwnedFd) -> usize {
+/// Bytes waiting in a pipe or a socket.
+fn pending(read: &impl AsRawFd) -> usize {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
     unsafe { libc::ioctl(read.as_raw_fd(), libc::FIONREAD, &mut n) };
@@ -1062,12 +1091,78 @@ fn a_control_client_that_stops_reading_is_disconnected() {
 
 /// The daemon's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// A size from `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// `status` of many processes is written as it is serialized: clients that ask for it and
+/// never read hold a write buffer each, not a whole answer (here ~1 MB of JSON, and several
+/// times that as the JSON tree it was made from), so forty of them leave the daemon's peak
+/// memory nearly where it was, and `status` keeps answering meanwhile.
+#[test]
+fn status_answers_are_streamed_so_clients_that_never_read_cost_little() {
+    const PROCESSES: usize = 2000;
+    const CLIENTS: usize = 40;
+    // Long names, and every process but one waiting for it (never ready: it never sends
+    // READY=1), so the answer is large while only one process runs.
+    let gate = format!("gate{}", "g".repeat(60));
+    let mut config =
+        format!("[processes.{gate}]\ncommand = [\"sleep\", \"1000\"]\nnotify = true\n\n");
+    for i in 0..PROCESSES {
+        config.push_str(&format!(
+            "[processes.p{i:05}{}]\ncommand = [\"sleep\", \"1000\"]\ndepends_on = {{ {gate} = \"healthy\" }}\n\n",
+            "x".repeat(58)
+        ));
+    }
+    let daemon = Daemon::start(&config, Stdio::null());
+    daemon.wait("every process waiting for the gate", |s| {
+        s.len() == PROCESSES + 1
+            && s.iter().filter(|p| p["blocked"].is_string()).count() == PROCESSES
+    });
+    let size = daemon.cli(&["status", "--json"]).stdout.len();
+    assert!(
+        size > 512 * 1024,
+        "{size} bytes fit in the sockets' buffers"
+    );
+    let pid = daemon.child.id();
+    // The peak starts from here, not from the boot (which would hide a smaller growth).
+    if let Err(e) = std::fs::write(format!("/proc/{pid}/clear_refs"), "5") {
+        eprintln!("cannot reset the daemon's peak memory ({e}): measured from its boot's peak");
+    }
+    let before = proc_status_kib(pid, "VmHWM:");
+    let clients: Vec<std::os::unix::net::UnixStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+            client.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+            client
+        })
+        .collect();
+    // Each answer has begun (and stalled: nobody reads).
+    for client in &clients {
+        poll("the answer's first bytes", || {
+            (pending(client) > 0).then_some(())
+        });
+    }
+    let statuses = daemon.status().expect("status answers while clients stall");
+    assert_eq!(statuses.len(), PROCESSES + 1);
+    let grown = proc_status_kib(pid, "VmHWM:").saturating_sub(before);
+    eprintln!(
+        "peak resident memory grew by {grown} KiB with {CLIENTS} stalled status answers of {size} bytes"
+    );
+    assert!(
+        grown < 16 * 1024,
+        "{grown} KiB more at the peak with {CLIENTS} clients that never read a {size}-byte status"
+    );
+    drop(clients);
 }
 
 /// A `logs -f` of a quiet process, or an `events -f` of a quiet daemon, whose client left

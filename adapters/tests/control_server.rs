@@ -47,7 +47,8 @@ impl Drop for TempDir {
 }
 
 /// Echoes every request as `{"echo": request}`, with a few special names:
-/// `restart missing` fails, `kill panic` panics, `status slow` takes 200 ms. Follow
+/// `restart missing` fails, `kill panic` panics, `status slow` takes 200 ms, `logs list
+/// -n N` answers a listed result of N items ([`listed`]). Follow
 /// requests stream the echo, then `{"n":0}` and `{"n":1}`; a stream for the process
 /// `finite` then ends, any other one waits until the client leaves and reports that on
 /// `closed`. `shutdown` fires `stop`.
@@ -67,6 +68,11 @@ impl Handler for Fake {
                 name: Some(name), ..
             } if name == "missing" => Reply::error("no process named missing"),
             Request::Kill { name, .. } if name == "panic" => panic!("the fake handler panics"),
+            Request::Logs {
+                name,
+                follow: false,
+                lines,
+            } if name == "list" => Reply::list((0..lines.unwrap_or(0)).map(listed)),
             Request::Status { name: Some(name) } if name == "slow" => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 Reply::ok(echo)
@@ -207,6 +213,22 @@ impl Raw {
 
     async fn expect_closed(&mut self) {
         assert_eq!(self.line().await, None, "the server should have closed");
+    }
+}
+
+/// Item `i` of a `logs list` answer: about 100 bytes with keys out of order, as a struct
+/// serializes them.
+fn listed(i: usize) -> impl serde::Serialize {
+    #[derive(serde::Serialize)]
+    struct Item {
+        n: usize,
+        line: String,
+        at: Option<u64>,
+    }
+    Item {
+        n: i,
+        line: format!("line {i} {}", "é".repeat(40)),
+        at: (i % 2 == 0).then_some(1_700_000_000),
     }
 }
 
@@ -816,4 +838,95 @@ async fn no_daemon_is_said_plainly() {
     .await
     .unwrap_err();
     assert!(matches!(err, ClientError::NoDaemon { .. }), "{err:?}");
+}
+
+/// A listed answer is, byte for byte, the line of the same array answered whole, however many
+/// chunks it takes: the wire format does not change.
+#[tokio::test]
+async fn a_listed_answer_is_the_same_line_as_a_whole_one() {
+    let mut server = Running::default().await;
+    let mut raw = Raw::connect(&server.path).await;
+    for n in [0usize, 1, 3, 2000] {
+        raw.send(format!("{{\"cmd\":\"logs\",\"name\":\"list\",\"lines\":{n}}}\n").as_bytes())
+            .await;
+        let whole: Vec<Value> = (0..n)
+            .map(|i| serde_json::to_value(listed(i)).unwrap())
+            .collect();
+        let expected =
+            processcontrol_adapters::control::Frame::Result(Value::Array(whole)).to_line();
+        let line = raw.line().await.unwrap();
+        assert_eq!(line.len() + 1, expected.len(), "{n} items");
+        assert_eq!(format!("{line}\n").as_bytes(), &expected[..], "{n} items");
+    }
+    // The connection carries on after it, like after any answer.
+    raw.send(b"{\"cmd\":\"status\"}\n").await;
+    assert_eq!(
+        raw.line().await.unwrap(),
+        r#"{"ok":true,"result":{"echo":{"cmd":"status"}}}"#
+    );
+    server.shutdown().await;
+}
+
+/// A client that stops reading a listed answer is disconnected after the write timeout, and
+/// others are served meanwhile.
+#[tokio::test]
+async fn a_listed_answer_nobody_reads_is_cut_after_the_write_timeout() {
+    let mut server = Running::start(ServerConfig {
+        write_timeout: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut stalled = UnixStream::connect(&server.path).await.unwrap();
+    // Far more than the socket's buffers take.
+    stalled
+        .write_all(b"{\"cmd\":\"logs\",\"name\":\"list\",\"lines\":200000}\n")
+        .await
+        .unwrap();
+    served(&server.path).await;
+    let stalled = stalled.into_std().unwrap();
+    let stalled = tokio::task::spawn_blocking(move || {
+        assert!(
+            hung_up(&stalled),
+            "the stalled client was never disconnected"
+        );
+        stalled
+    })
+    .await
+    .unwrap();
+    // Now read: what was sent before the cut, then the end, without a whole line.
+    let mut stalled = UnixStream::from_std(stalled).unwrap();
+    let mut got = Vec::new();
+    timeout(BOUND, stalled.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.starts_with(br#"{"ok":true,"result":[{"#));
+    assert!(
+        !got.ends_with(b"\n"),
+        "the whole answer was sent: {} bytes",
+        got.len()
+    );
+    served(&server.path).await;
+    server.shutdown().await;
+}
+
+/// Waits (at most [`BOUND`]) until the peer of `stream` hangs up, without reading: data
+/// waiting to be read does not wake this, the hang-up does.
+fn hung_up(stream: &std::os::unix::net::UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut fd, 1, left.as_millis() as i32) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return n == 1 && fd.revents & libc::POLLRDHUP != 0;
+    }
 }

@@ -368,9 +368,9 @@ impl Handler for Daemon {
     async fn handle(&self, request: Request) -> Reply {
         let done = |r: Result<Value, String>| Reply::Done(r);
         match request {
-            Request::Status { name: None } => {
-                done(serde_json::to_value(self.group.status()).map_err(|e| e.to_string()))
-            }
+            // Written as it is serialized: thousands of processes make a large answer, which
+            // a client that reads slowly must not make the daemon hold whole.
+            Request::Status { name: None } => Reply::list(self.group.statuses()),
             // One process: the table's fields and the detail, in a list as for every one.
             Request::Status { name: Some(name) } => match self.group.detail(&name, 10) {
                 Ok(detail) => done(serde_json::to_value([detail]).map_err(|e| e.to_string())),
@@ -414,7 +414,7 @@ impl Handler for Daemon {
                 };
                 let n = lines.unwrap_or(100);
                 if !follow {
-                    return done(serde_json::to_value(ring.tail(n)).map_err(|e| e.to_string()));
+                    return Reply::list(ring.tail(n));
                 }
                 let (tail, mut follower) = ring.follow(n);
                 let (tx, rx) = mpsc::channel(256);
@@ -448,7 +448,7 @@ impl Handler for Daemon {
                     history.drain(..history.len().saturating_sub(n));
                 }
                 if !follow {
-                    return done(serde_json::to_value(history).map_err(|e| e.to_string()));
+                    return Reply::list(history);
                 }
                 let (tx, rx) = mpsc::channel(256);
                 tokio::spawn(async move {

@@ -53,7 +53,12 @@
 //! {"ok":false,"error":"no process named web"}   it failed, or the line was not a request
 //! ```
 //!
-//! or, when the handler answers with a stream (follow modes), with a stream:
+//! A result that lists many items (the status of every process, log lines, events) is
+//! written as its items are serialized ([`Reply::List`]), in chunks, each within
+//! [`ServerConfig::write_timeout`]: the line is the same, but the daemon never holds it whole
+//! for a client that reads slowly.
+//!
+//! Or, when the handler answers with a stream (follow modes), with a stream:
 //!
 //! ```text
 //! {"ok":true,"stream":true}                 header: the request was accepted
@@ -86,8 +91,8 @@ use std::path::{Path, PathBuf};
 pub use client::{request, request_stream, ClientError, Connection, ResponseStream, Streamed};
 pub use protocol::{Frame, Request, Response, MAX_REQUEST_LINE};
 pub use server::{
-    peer_allowed, peer_credentials, serve, ControlError, Handler, PeerCredentials, Reply, Server,
-    ServerConfig,
+    peer_allowed, peer_credentials, serve, ControlError, Handler, Items, PeerCredentials, Reply,
+    Server, ServerConfig,
 };
 
 /// The environment variable that names the control socket.

@@ -213,6 +213,12 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The start of a [`Frame::Result`] line, up to its value: an answer written as it is
+    /// serialized begins with it.
+    pub(crate) const RESULT_HEAD: &'static [u8] = br#"{"ok":true,"result":"#;
+    /// The end of every line, after its value.
+    pub(crate) const TAIL: &'static [u8] = b"}\n";
+
     /// The frame as a JSON object (for messages and tests; [`Frame::to_line`] is the wire
     /// form).
     pub fn to_value(&self) -> Value {
@@ -234,12 +240,12 @@ impl Frame {
     pub fn to_line(&self) -> Vec<u8> {
         let mut line = Vec::new();
         let (head, value): (&[u8], Option<&Value>) = match self {
-            Frame::Result(v) => (br#"{"ok":true,"result":"#, Some(v)),
+            Frame::Result(v) => (Frame::RESULT_HEAD, Some(v)),
             Frame::Error(e) => {
                 line.extend_from_slice(br#"{"ok":false,"error":"#);
                 // Serializing a string into a vector cannot fail.
                 let _ = serde_json::to_writer(&mut line, e);
-                line.extend_from_slice(b"}\n");
+                line.extend_from_slice(Frame::TAIL);
                 return line;
             }
             Frame::StreamStart => (br#"{"ok":true,"stream":true"#, None),
@@ -251,7 +257,7 @@ impl Frame {
             // Serializing a `Value` into a vector cannot fail: its map keys are strings.
             let _ = serde_json::to_writer(&mut line, v);
         }
-        line.extend_from_slice(b"}\n");
+        line.extend_from_slice(Frame::TAIL);
         line
     }
 

@@ -32,6 +32,10 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long to wait before accepting again after `accept` failed (say, out of descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Bytes of a [`Reply::List`] gathered before they are written: with one item, the most of
+/// such an answer a connection holds at a time.
+const LIST_CHUNK: usize = 16 * 1024;
+
 /// Why the control socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,6 +80,12 @@ pub enum ControlError {
 pub enum Reply {
     /// One answer: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
     Done(Result<Value, String>),
+    /// A successful answer whose result is a JSON array, on the wire exactly as
+    /// [`Reply::Done`] with that array, but written as its items are serialized: a client
+    /// that reads slowly (or never) makes the connection hold one chunk of it, not the whole
+    /// answer (megabytes for the status of thousands of processes). Its items are taken one
+    /// at a time, on the connection's task.
+    List(Items),
     /// A stream of items, each sent as `{"ok":true,"line":...}`. It ends, with
     /// `{"ok":true,"end":true}`, when every sender is dropped; when the client leaves or
     /// the server stops, the receiver is dropped, which the handler sees as a closed
@@ -92,6 +102,29 @@ impl Reply {
     /// A failure, with a message for people.
     pub fn error(message: impl Display) -> Reply {
         Reply::Done(Err(message.to_string()))
+    }
+
+    /// A successful answer listing `items`, written as they are serialized (see
+    /// [`Reply::List`]); the iterator should produce them lazily.
+    pub fn list<I>(items: I) -> Reply
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Serialize,
+    {
+        Reply::List(Items(Box::new(items.into_iter().map(|item| {
+            serde_json::to_value(item).map_err(|e| format!("internal error: {e}"))
+        }))))
+    }
+}
+
+/// The items of a [`Reply::List`]. Each is made a JSON value on its own (the bytes are then
+/// those of the whole array made a value at once, as [`Reply::Done`] would send it).
+pub struct Items(Box<dyn Iterator<Item = Result<Value, String>> + Send>);
+
+impl std::fmt::Debug for Items {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Items(..)")
     }
 }
 
@@ -472,6 +505,14 @@ impl Connection {
                         return;
                     }
                 }
+                Reply::List(items) => {
+                    if send_list(&mut write, self.config.write_timeout, items)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 Reply::Stream(mut items) => {
                     if send(&mut write, self.config.write_timeout, &Frame::StreamStart)
                         .await
@@ -564,13 +605,57 @@ async fn send<W: AsyncWrite + Unpin>(
     limit: Duration,
     frame: &Frame,
 ) -> io::Result<()> {
-    match timeout(limit, write.write_all(&frame.to_line())).await {
+    write_within(write, limit, &frame.to_line()).await
+}
+
+/// Writes `bytes` whole, or fails once `limit` has passed: the client stopped reading.
+async fn write_within<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    limit: Duration,
+    bytes: &[u8],
+) -> io::Result<()> {
+    match timeout(limit, write.write_all(bytes)).await {
         Ok(result) => result,
         Err(_) => {
             tracing::debug!("a control client stopped reading; disconnected");
             Err(io::ErrorKind::TimedOut.into())
         }
     }
+}
+
+/// Writes a [`Reply::List`] as `{"ok":true,"result":[...]}` on one line, in chunks of about
+/// [`LIST_CHUNK`] bytes, serializing the items as the client takes them. Each chunk gets the
+/// write timeout, so a client must keep reading to keep the connection. An item that fails
+/// to serialize once the line has begun cannot be turned into an error line: the connection
+/// is closed, and the client sees its answer cut short.
+async fn send_list<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    limit: Duration,
+    Items(items): Items,
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(2 * LIST_CHUNK);
+    buf.extend_from_slice(Frame::RESULT_HEAD);
+    buf.push(b'[');
+    for (i, item) in items.enumerate() {
+        let item = item.map_err(|e| {
+            tracing::error!(error = %e, "cannot serialize an answer; closing the connection");
+            io::Error::other(e)
+        })?;
+        if i > 0 {
+            buf.push(b',');
+        }
+        // Serializing a `Value` into a vector cannot fail: its map keys are strings.
+        let _ = serde_json::to_writer(&mut buf, &item);
+        if buf.len() >= LIST_CHUNK {
+            write_within(write, limit, &buf).await?;
+            buf.clear();
+            // One huge item must not leave its buffer behind for the rest of the answer.
+            buf.shrink_to(2 * LIST_CHUNK);
+        }
+    }
+    buf.push(b']');
+    buf.extend_from_slice(Frame::TAIL);
+    write_within(write, limit, &buf).await
 }
 
 fn io_error(action: &'static str, path: &Path, source: io::Error) -> ControlError {

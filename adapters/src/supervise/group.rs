@@ -153,12 +153,26 @@ struct Entry {
     blocked: Arc<Mutex<Option<Arc<str>>>>,
 }
 
+/// What a status reader needs of a member, without the member itself: an answer written to a
+/// slow client must not keep a removed process's supervisor (and so its task) alive.
+#[derive(Clone)]
+struct StatusSource {
+    status: watch::Receiver<Status>,
+    blocked: Arc<Mutex<Option<Arc<str>>>>,
+}
+
+/// The members' status sources in configuration order, replaced whole when the membership
+/// changes, so a reader takes the list with one reference count.
+type Sources = Arc<RwLock<Arc<[StatusSource]>>>;
+
 /// Many processes supervised together.
 pub struct Group {
     host: Arc<Host>,
     commands: mpsc::UnboundedSender<Command>,
     /// The members in configuration order, for status and lookups.
     view: Arc<RwLock<Vec<Entry>>>,
+    /// The same members, for status readers.
+    sources: Sources,
     /// Counts the changes of the membership in `view`.
     membership: watch::Receiver<u64>,
     events: broadcast::Sender<Arc<Event>>,
@@ -197,6 +211,7 @@ impl Group {
             Arc::clone(&history),
         ));
         let view: Arc<RwLock<Vec<Entry>>> = Arc::default();
+        let sources: Sources = Arc::new(RwLock::new(Arc::from([])));
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (changes_tx, changes) = mpsc::unbounded_channel();
         let summaries = broadcast::channel(16).0;
@@ -208,6 +223,7 @@ impl Group {
             out: GroupOutcome::default(),
             slots: Vec::new(),
             view: view.clone(),
+            sources: sources.clone(),
             changes_tx,
             clock: TokioClock::new(),
             shutdown_waiters: Vec::new(),
@@ -223,6 +239,7 @@ impl Group {
             host,
             commands,
             view,
+            sources,
             membership,
             events,
             history,
@@ -284,8 +301,15 @@ impl Group {
 
     /// The status of every process, in configuration order.
     pub fn status(&self) -> Vec<MemberStatus> {
-        let view = self.view.read().expect("never poisoned");
-        view.iter().map(member_status).collect()
+        self.statuses().collect()
+    }
+
+    /// The status of every process of the membership at the call, in configuration order,
+    /// each read only when it is taken: an answer written as it is serialized holds one
+    /// process's status at a time, never all of them.
+    pub fn statuses(&self) -> impl Iterator<Item = MemberStatus> + Send + 'static {
+        let sources = self.sources.read().expect("never poisoned").clone();
+        (0..sources.len()).map(move |i| sources[i].read())
     }
 
     /// `status NAME`: the status of one process with its command, process tree, probes
@@ -297,7 +321,10 @@ impl Group {
                 .iter()
                 .find(|e| e.sup.name() == name)
                 .ok_or_else(|| GroupError::Unknown(name.to_string()))?;
-            (member_status(entry), entry.describe.clone())
+            (
+                member_status(entry.sup.status(), &entry.blocked),
+                entry.describe.clone(),
+            )
         };
         let tree = status
             .status
@@ -379,10 +406,14 @@ impl Group {
 }
 
 /// A member's status as status readers see it.
-fn member_status(e: &Entry) -> MemberStatus {
-    let mut status = e.sup.status();
-    let blocked = e
-        .blocked
+impl StatusSource {
+    fn read(&self) -> MemberStatus {
+        member_status(self.status.borrow().clone(), &self.blocked)
+    }
+}
+
+fn member_status(mut status: Status, blocked: &Mutex<Option<Arc<str>>>) -> MemberStatus {
+    let blocked = blocked
         .lock()
         .expect("never poisoned")
         .as_deref()
@@ -427,6 +458,7 @@ struct Owner {
     /// Members by [`MemberId::index`].
     slots: Vec<Option<Slot>>,
     view: Arc<RwLock<Vec<Entry>>>,
+    sources: Sources,
     membership: watch::Sender<u64>,
     changes_tx: mpsc::UnboundedSender<(MemberId, Observed)>,
     clock: TokioClock,
@@ -777,8 +809,16 @@ impl Owner {
                 describe: s.describe.clone(),
                 blocked: s.blocked.clone(),
             })
+            .collect::<Vec<_>>();
+        let sources = entries
+            .iter()
+            .map(|e| StatusSource {
+                status: e.sup.watch_status(),
+                blocked: e.blocked.clone(),
+            })
             .collect();
         *self.view.write().expect("never poisoned") = entries;
+        *self.sources.write().expect("never poisoned") = sources;
         self.membership.send_modify(|n| *n += 1);
     }
 

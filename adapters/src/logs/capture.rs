@@ -29,9 +29,9 @@ pub struct PrintLine {
     pub line: LogLine,
 }
 
-/// How echoed lines look: `run` prints them as they are; `up` tags them with their process's
-/// name, padded to the longest, coloured on a terminal, `|` after a stdout line's name and `!`
-/// after a stderr line's (`web    | GET /`, `worker ! warning`), and with the time on request.
+/// How echoed lines look: `up` tags them with their process's name, padded to the longest,
+/// coloured on a terminal, `|` after a stdout line's name and `!` after a stderr line's
+/// (`web    | GET /`, `worker ! warning`), and with the time on request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EchoFormat {
     /// The name to tag lines with; none prints lines as they are.

@@ -253,13 +253,6 @@ impl Host {
             },
             printer: match spec.logs.echo {
                 Echo::Off | Echo::Inherit | Echo::Copy => None,
-                Echo::Plain => Some(Printer::formatted(
-                    EchoFormat {
-                        name: None,
-                        ..spec.logs.echo_format.clone()
-                    },
-                    self.printer.clone(),
-                )),
                 Echo::Prefixed => Some(Printer::formatted(
                     EchoFormat {
                         name: Some(name.clone()),

@@ -232,9 +232,6 @@ pub enum Echo {
     /// Not printed (kept in the ring and the file only).
     #[default]
     Off,
-    /// Printed as is, line by line (dropped and counted while stdout stalls): for a single
-    /// process whose output must also reach its ring and log file.
-    Plain,
     /// Not captured at all: the program writes straight to the supervisor's own stdout and
     /// stderr (inherited descriptors), byte for byte, with the backpressure of whoever reads
     /// them, and nothing is lost when either side dies. `processcontrol run` uses this: it is

@@ -141,3 +141,35 @@ fn a_shutdown_has_its_deadline_until_it_completes() {
     assert!(group.is_shut_down());
     assert_eq!(group.poll_timeout(), None, "nothing left to kill");
 }
+
+/// At `shutdown_grace` exactly, whatever is still alive is killed and counted; a tick before
+/// it does nothing.
+#[test]
+fn the_shutdown_grace_kills_what_is_left_exactly_when_it_ends() {
+    let (mut group, db, web, mut out) = db_and_web();
+    observe(&mut group, db, seen(StateName::Running, true, 1), &mut out);
+    observe(
+        &mut group,
+        web,
+        seen(StateName::Running, false, 1),
+        &mut out,
+    );
+    group.handle(Timestamp::ZERO, GroupInput::Shutdown, &mut out);
+    assert_eq!(out.effects, [GroupEffect::Stop(web)]);
+    // web ignores its stop signal.
+    observe(
+        &mut group,
+        web,
+        seen(StateName::ShuttingDown, false, 1),
+        &mut out,
+    );
+    let deadline = group.poll_timeout().expect("a deadline");
+    let early = Timestamp::from_nanos(deadline.as_nanos() - 1);
+    group.handle(early, GroupInput::Tick, &mut out);
+    assert!(out.effects.is_empty() && out.notifications.is_empty());
+    group.handle(deadline, GroupInput::Tick, &mut out);
+    assert_eq!(out.effects, [GroupEffect::Kill(web), GroupEffect::Kill(db)]);
+    assert!(out
+        .notifications
+        .contains(&processcontrol_core::GroupNotification::GraceExpired { killed: 2 }));
+}

@@ -384,11 +384,6 @@ impl Group {
         self.shutdown == Some(Shutdown::Complete)
     }
 
-    /// The latest `now` seen.
-    pub fn now(&self) -> Timestamp {
-        self.now
-    }
-
     /// Checks the machine's own bookkeeping: every member in the order is present, so are its
     /// dependencies and dependents, and the counters match a recount. For the simulation.
     #[cfg(feature = "sim")]
@@ -878,8 +873,8 @@ impl Group {
             return;
         };
         slot.generation = slot.generation.wrapping_add(1);
-        self.to_start -= usize::from(counts_as_to_start(m.intent));
-        self.not_at_rest -= usize::from(!m.seen.at_rest());
+        // Forgotten only at rest and leaving (`came_to_rest`): it counts in neither
+        // `to_start` nor `not_at_rest` (the simulation recounts both after every step).
         self.free.push(id.index);
         self.by_name.remove(&m.name);
         self.order.retain(|&o| o != id);

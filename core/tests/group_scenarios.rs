@@ -173,3 +173,22 @@ fn the_shutdown_grace_kills_what_is_left_exactly_when_it_ends() {
         .notifications
         .contains(&processcontrol_core::GroupNotification::GraceExpired { killed: 2 }));
 }
+
+/// `StartsSent` is said once, when the last start a boot asked for has gone out, and not
+/// again for observations after it.
+#[test]
+fn starts_sent_is_said_once_the_last_start_is_out() {
+    use processcontrol_core::GroupNotification::StartsSent;
+    let (mut group, db, web, mut out) = db_and_web();
+    assert!(!out.notifications.contains(&StartsSent), "web still waits");
+    observe(&mut group, db, seen(StateName::Running, true, 1), &mut out);
+    assert_eq!(out.effects, [GroupEffect::Start(web)]);
+    assert!(out.notifications.contains(&StartsSent));
+    observe(
+        &mut group,
+        web,
+        seen(StateName::Running, false, 1),
+        &mut out,
+    );
+    assert!(!out.notifications.contains(&StartsSent), "said once");
+}

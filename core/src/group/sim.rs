@@ -219,6 +219,8 @@ struct Sim {
     next_fingerprint: u64,
     /// What members removed by a reload depended on, while they stop.
     leaving_deps: BTreeMap<String, Vec<String>>,
+    /// What the last reload that dropped members dropped, for one that brings them back.
+    dropped: Vec<Spec>,
 }
 
 /// Runs the simulation that `data` decodes to; checks the invariants after every step.
@@ -254,6 +256,7 @@ pub fn run(data: &[u8], record: bool) -> Result<Stats, Violation> {
         grace_expired: false,
         next_fingerprint: 1000,
         leaving_deps: BTreeMap::new(),
+        dropped: Vec::new(),
     };
     sim.apply()?;
     while !bytes.done() && sim.stats.steps < 400 {
@@ -459,9 +462,11 @@ impl Sim {
         }
     }
 
-    /// A reload's change: drop a member (and what depends on it), add one, or change one.
+    /// A reload's change: drop a member (and what depends on it), add one, change one, or
+    /// bring back what an earlier reload dropped exactly as it was (an undone change, maybe
+    /// while the dropped members still stop).
     fn mutate(&mut self, what: u8, arg: u8) {
-        match what % 3 {
+        match what % 4 {
             0 if self.specs.len() > 1 => {
                 let gone = self.specs[usize::from(arg) % self.specs.len()]
                     .config
@@ -489,7 +494,22 @@ impl Sim {
                     let deps = s.config.depends_on.iter().map(|(d, _)| d.clone()).collect();
                     self.leaving_deps.insert(s.config.name.clone(), deps);
                 }
-                self.specs.retain(|s| !removed.contains(&s.config.name));
+                let (gone, kept) = std::mem::take(&mut self.specs)
+                    .into_iter()
+                    .partition(|s| removed.contains(&s.config.name));
+                self.specs = kept;
+                self.dropped = gone;
+            }
+            3 => {
+                // What a member needs comes back before it.
+                let mut dropped = std::mem::take(&mut self.dropped);
+                while let Some(i) = dropped.iter().position(|spec| {
+                    let present = |name: &str| self.specs.iter().any(|s| s.config.name == name);
+                    !present(&spec.config.name)
+                        && spec.config.depends_on.iter().all(|(d, _)| present(d))
+                }) {
+                    self.specs.push(dropped.remove(i));
+                }
             }
             1 => {
                 let free = NAMES

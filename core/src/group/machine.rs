@@ -577,8 +577,7 @@ impl Group {
             }
             self.want_up(next);
             for &(dep, condition) in &self.member(next).deps {
-                let d = self.member(dep);
-                if !condition.met(&d.seen, d.has_readiness) {
+                if !self.meets(dep, condition) {
                     todo.push(dep);
                 }
             }
@@ -753,14 +752,23 @@ impl Group {
         }
     }
 
-    /// The first dependency of `m` that is not wanted up or does not meet its condition.
+    /// The first dependency of `m` that does not meet its condition (see `meets`).
     fn unmet(&self, m: &Member) -> Option<(MemberId, Condition)> {
-        m.deps.iter().copied().find(|&(dep, condition)| {
-            let d = self.member(dep);
-            !(matches!(d.intent, Intent::Up { .. })
-                && d.seen.newest > d.started_after
-                && condition.met(&d.seen, d.has_readiness))
-        })
+        m.deps
+            .iter()
+            .copied()
+            .find(|&(dep, condition)| !self.meets(dep, condition))
+    }
+
+    /// Whether a dependency counts as meeting `condition`: wanted up (one held for an ordered
+    /// stop is on its way down), and met by a run the group's last start led to. The gate and
+    /// `start NAME`'s pulling in of dependencies both ask this, so a start never waits for a
+    /// dependency it did not pull in.
+    fn meets(&self, dep: MemberId, condition: Condition) -> bool {
+        let d = self.member(dep);
+        matches!(d.intent, Intent::Up { .. })
+            && d.seen.newest > d.started_after
+            && condition.met(&d.seen, d.has_readiness)
     }
 
     /// Works off `self.work`: each member there whose ordered stop is pending gets it once no

@@ -263,7 +263,8 @@ pub fn run(data: &[u8], record: bool) -> Result<Stats, Violation> {
         let op = decode_op(&mut bytes);
         sim.op(op)?;
     }
-    sim.everything_comes_up()?;
+    let member = bytes.next();
+    sim.commands_are_carried_out(member)?;
     sim.shutdown()?;
     Ok(sim.stats)
 }
@@ -838,12 +839,33 @@ impl Sim {
         Ok(())
     }
 
-    /// G7: the group holds nothing back for nothing. After a start of everything, with an OS
-    /// that carries out every start and stop (each spawn comes up and becomes ready, each
-    /// stopped instance goes, nothing crashes or finishes), every member is running unless it
-    /// waits, directly or through others, for a `completed` condition (nothing finishes here).
-    fn everything_comes_up(&mut self) -> Result<(), Violation> {
+    /// G7: the group holds nothing back for nothing. With an OS that carries out every start
+    /// and stop (each spawn comes up and becomes ready, each stopped instance goes, nothing
+    /// crashes or finishes): after `stop NAME` the member is at rest; after `start NAME` it is
+    /// running; after a start of everything every member is running. Except a member that waits, directly or through others, for a `completed`
+    /// condition: nothing finishes here.
+    fn commands_are_carried_out(&mut self, member: u8) -> Result<(), Violation> {
+        let Some((id, name)) = self.pick(member) else {
+            return Ok(());
+        };
+        self.op(Op::Stop(member))?;
+        self.settle()?;
+        // A member a reload removed is forgotten once at rest.
+        if !self.fakes.get(&name).is_none_or(|f| f.seen().at_rest()) {
+            return Err(self.fail("G7", format!("{name} not at rest after stop {name}")));
+        }
+        self.input(GroupInput::Start(id))?;
+        self.settle()?;
+        self.expect_up(&[name], "start")?;
         self.op(Op::StartAll)?;
+        self.settle()?;
+        let all: Vec<String> = self.specs.iter().map(|s| s.config.name.clone()).collect();
+        self.expect_up(&all, "a start of everything")
+    }
+
+    /// The cooperative OS at work until nothing moves: spawns come up and become ready,
+    /// stopped instances go (its own machine kills what ignores the stop signal), backoffs end.
+    fn settle(&mut self) -> Result<(), Violation> {
         // Each round moves every member one step; a member needs at most spawn, up, ready,
         // and a dependency chain is at most as long as the members are many.
         for _ in 0..4 * (NAMES.len() + 2) {
@@ -860,7 +882,6 @@ impl Sim {
                         Op::Ready(i as u8, true)
                     }
                     (StateName::ShuttingDown | StateName::Killed, true) => {
-                        // Its own machine kills what ignores the stop signal after its grace.
                         self.fakes.get_mut(&name).expect("known").stubborn = false;
                         Op::Gone(i as u8)
                     }
@@ -871,50 +892,67 @@ impl Sim {
                 self.op(op)?;
             }
             if !moved {
-                break;
+                return Ok(());
             }
         }
-        let waits_for_completion = |sim: &Sim, name: &str| {
-            let mut todo = vec![name.to_string()];
-            let mut seen = Vec::new();
-            while let Some(n) = todo.pop() {
-                if seen.contains(&n) {
-                    continue;
-                }
-                for (dep, condition) in sim.spec(&n).map_or(&[][..], |s| &s.config.depends_on) {
-                    if *condition == Condition::Completed {
-                        return true;
-                    }
-                    todo.push(dep.clone());
-                }
-                seen.push(n);
-            }
-            false
-        };
-        for spec in &self.specs {
-            let name = &spec.config.name;
-            if waits_for_completion(self, name) {
+        Ok(())
+    }
+
+    /// Each of `names` is running, unless it waits for a completion (directly or through
+    /// others). (What it depends on was pulled in only where its condition was not met: a
+    /// dependency stopped after its dependent started stays stopped.)
+    fn expect_up(&self, names: &[String], after: &str) -> Result<(), Violation> {
+        let mut todo = names.to_vec();
+        let mut checked = Vec::new();
+        while let Some(name) = todo.pop() {
+            // Not configured (removed by a reload): it has no start to come.
+            if checked.contains(&name)
+                || self.spec(&name).is_none()
+                || self.waits_for_completion(&name)
+            {
                 continue;
             }
-            let state = self.fakes.get(name).map(|f| f.state);
+            let state = self.fakes.get(&name).map(|f| f.state);
             if state != Some(StateName::Running) {
                 let waiting = self
                     .group
-                    .find(name)
+                    .find(&name)
                     .and_then(|id| self.group.waiting_for(id))
                     .map(|(dep, condition)| {
-                        format!(", waiting for {} {condition}", self.name_of(dep))
+                        let name = self.name_of(dep);
+                        let fake = self.fakes.get(&name).map(Fake::seen);
+                        format!(", waiting for {name} {condition} (it is {fake:?})")
                     });
                 return Err(self.fail(
                     "G7",
                     format!(
-                        "{name} is {state:?} after a start of everything{}",
+                        "{name} is {state:?} after {after}{}",
                         waiting.unwrap_or_default()
                     ),
                 ));
             }
+            checked.push(name);
         }
         Ok(())
+    }
+
+    /// Whether `name` waits, directly or through others, for a `completed` condition.
+    fn waits_for_completion(&self, name: &str) -> bool {
+        let mut todo = vec![name.to_string()];
+        let mut seen = Vec::new();
+        while let Some(n) = todo.pop() {
+            if seen.contains(&n) {
+                continue;
+            }
+            for (dep, condition) in self.spec(&n).map_or(&[][..], |s| &s.config.depends_on) {
+                if *condition == Condition::Completed {
+                    return true;
+                }
+                todo.push(dep.clone());
+            }
+            seen.push(n);
+        }
+        false
     }
 
     /// G6: a shutdown completes within `shutdown_grace` plus one kill retry, whatever the

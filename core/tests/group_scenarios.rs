@@ -2,8 +2,8 @@
 //! an ordered stop while they happen.
 
 use processcontrol_core::{
-    Condition, Group, GroupConfig, GroupEffect, GroupInput, GroupOutcome, GroupPolicy,
-    MemberConfig, MemberId, Observed, StateName, Timestamp,
+    Condition, Group, GroupConfig, GroupEffect, GroupInput, GroupNotification, GroupOutcome,
+    GroupPolicy, MemberConfig, MemberId, Observed, StateName, Timestamp,
 };
 
 /// `db` (with a readiness condition) and `web`, which needs `db` healthy.
@@ -45,6 +45,12 @@ fn a_gated_start_says_what_it_waits_for_until_it_is_sent() {
     let (mut group, db, web, mut out) = db_and_web();
     assert!(out.effects.contains(&GroupEffect::Start(db)));
     assert!(!out.effects.contains(&GroupEffect::Start(web)));
+    let waiting = GroupNotification::Waiting {
+        member: web,
+        dependency: db,
+        condition: Condition::Healthy,
+    };
+    assert!(out.notifications.contains(&waiting), "said once it waits");
     assert_eq!(group.fingerprint(db), Some(11));
     assert_eq!(group.fingerprint(web), Some(22));
     assert_eq!(group.waiting_for(web), Some((db, Condition::Healthy)));
@@ -54,6 +60,7 @@ fn a_gated_start_says_what_it_waits_for_until_it_is_sent() {
 
     observe(&mut group, db, seen(StateName::Running, false, 1), &mut out);
     assert!(!out.effects.contains(&GroupEffect::Start(web)));
+    assert!(!out.notifications.contains(&waiting), "not said again");
     assert_eq!(group.waiting_for(web), Some((db, Condition::Healthy)));
 
     observe(&mut group, db, seen(StateName::Running, true, 1), &mut out);

@@ -745,7 +745,7 @@ impl Group {
                 // that instance is the run the start asks for. Otherwise the next one is.
                 let alive = m.seen.has_instance
                     && !matches!(m.seen.state, StateName::ShuttingDown | StateName::Killed);
-                m.started_after = m.seen.newest - u64::from(alive && m.seen.newest > 0);
+                m.started_after = m.seen.newest.saturating_sub(u64::from(alive));
                 self.set_intent(id, Intent::Up { start_sent: true });
                 out.effects.push(GroupEffect::Start(id));
             }

@@ -242,6 +242,39 @@ readiness = {{ exec = "test -e {flag}", period = "100ms" }}
     assert_eq!(code, 0);
 }
 
+/// `stop db`, then `stop --all` and `start --all` while db is still stopping: everything comes
+/// back. (The group once forgot that db's stop had been sent, believed it up, and never started
+/// it again; web waited for it forever.)
+#[test]
+fn start_all_brings_back_a_process_still_stopping_from_stop_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let config = format!(
+        r#"
+[processes.web]
+command = "sleep 1000"
+depends_on = {{ db = "started" }}
+
+[processes.db]
+command = "{db}"
+"#,
+        db = trapped("db", &log, "1")
+    );
+    let d = Daemon::start(&config);
+    d.wait_state("web", "running");
+    let first = d.wait_state("db", "running")["pid"].as_u64().unwrap();
+    assert!(d.cli(&["stop", "db", "--no-wait"]).status.success());
+    assert!(d.cli(&["stop", "--all", "--no-wait"]).status.success());
+    assert!(d.cli(&["start", "--all", "--no-wait"]).status.success());
+    d.wait("db and web running again", |s| {
+        s.iter().all(|p| p["state"] == "running")
+            && s.iter()
+                .any(|p| p["name"] == "db" && p["pid"].as_u64().is_some_and(|pid| pid != first))
+    });
+    let (code, _) = d.stop();
+    assert_eq!(code, 0);
+}
+
 #[test]
 fn reload_restarts_a_changed_process_through_its_machine() {
     let config = |value: &str| {

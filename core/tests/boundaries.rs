@@ -8,24 +8,15 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod support;
+use support::config;
+
 use processcontrol_core::sim;
 use processcontrol_core::{
     BackoffPolicy, BreakerPolicy, BreakerStatus, Cooldown, Effect, ExitStatus, Input, Instance,
     LimitAction, LimitRule, Machine, Notification, Outcome, Policy, Resource, RestartCause,
     RestartPolicy, SpawnError, SpawnKind, StateName, Timestamp, Usage,
 };
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(10_000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

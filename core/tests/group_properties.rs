@@ -7,19 +7,10 @@
 
 use proptest::prelude::*;
 
-use processcontrol_core::group::sim;
+mod support;
+use support::config;
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(10_000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
+use processcontrol_core::group::sim;
 
 proptest! {
     #![proptest_config(config())]

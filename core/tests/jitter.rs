@@ -7,21 +7,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+mod support;
+use support::config;
+
 use processcontrol_core::{
     BackoffPolicy, Effect, ExitStatus, Input, Machine, Notification, Policy, Timestamp,
 };
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(10_000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A process that crashes as soon as it is up, for ever: its breaker never opens.
 struct CrashLoop {

@@ -5,20 +5,11 @@
 
 use proptest::prelude::*;
 
+mod support;
+use support::config;
+
 use processcontrol_core::sim;
 use processcontrol_core::{BackoffPolicy, Input, Machine, Timestamp};
-
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(10_000);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn bytes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..600)

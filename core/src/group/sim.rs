@@ -335,11 +335,10 @@ impl Sim {
         }
     }
 
-    /// Records a line of the story; printed at once too, so a panic inside the machine still
-    /// shows how it got there.
+    /// Records a line of the story, which a violation carries back to the caller (the core does
+    /// no I/O, not even in its simulation).
     fn say(&mut self, line: String) {
         let _ = writeln!(self.story, "{line}");
-        eprintln!("{line}");
     }
 
     fn name_of(&self, id: MemberId) -> String {

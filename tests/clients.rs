@@ -13,6 +13,8 @@ use serde_json::Value;
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/http.rs"]
+mod http;
 
 use daemon::{wait_file, Daemon, WAIT};
 
@@ -381,40 +383,9 @@ cwd = "{cwd}"
     d.stop();
 }
 
-/// An HTTP server on loopback that answers every request with `503 Service Unavailable`.
-fn unavailable_http_server() -> u16 {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    let answer = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 #[test]
 fn status_name_shows_the_probes_verdicts_limits_tree_and_logs() {
-    let port = unavailable_http_server();
+    let port = http::http_server("503 Service Unavailable");
     let d = Daemon::start(&format!(
         r#"
 [processes.web]

@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/http.rs"]
+mod http;
+use http::http_server;
+
 const BIN: &str = env!("CARGO_BIN_EXE_processcontrol");
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -202,38 +206,6 @@ fn events_on_stdout_end_when_their_reader_leaves() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert!(stderr.contains("program output"), "{stderr}");
-}
-
-/// An HTTP server on loopback that answers every request with `status`.
-fn http_server(status: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            std::thread::spawn(move || {
-                use std::io::Write;
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    // Read one request head.
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match reader.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) => {}
-                        }
-                    }
-                    let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
-                    if stream.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 /// A TCP server on loopback that counts connections closed cleanly (EOF) and by a reset.
